@@ -1,0 +1,41 @@
+"""BcQLM: efficient vision-language understanding with distilled Q-gated cross-modal fusion.
+
+Importing the package registers its classes with the `transformers` Auto classes, and marks them so that
+`save_pretrained` writes `auto_map` and the code files: saved folders load with `trust_remote_code=True` where the
+package is not installed.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+
+from .configuration_bcqlm import BcQLMConfig, BcQLMQGCAMConfig, BreezeCLIPConfig
+from .modeling_bcqlm import (
+    BcQLMForConditionalGeneration,
+    BcQLMModel,
+    BcQLMPreTrainedModel,
+    BreezeCLIPModel,
+    BreezeCLIPPreTrainedModel,
+)
+
+
+AutoConfig.register(BreezeCLIPConfig.model_type, BreezeCLIPConfig, exist_ok=True)
+AutoConfig.register(BcQLMConfig.model_type, BcQLMConfig, exist_ok=True)
+AutoModel.register(BreezeCLIPConfig, BreezeCLIPModel, exist_ok=True)
+# Hub custom-code VLMs answer through `AutoModel`: map it to the generation class.
+AutoModel.register(BcQLMConfig, BcQLMForConditionalGeneration, exist_ok=True)
+AutoModelForImageTextToText.register(BcQLMConfig, BcQLMForConditionalGeneration, exist_ok=True)
+
+BreezeCLIPConfig.register_for_auto_class()
+BcQLMConfig.register_for_auto_class()
+BreezeCLIPModel.register_for_auto_class("AutoModel")
+BcQLMForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
+
+__all__ = [
+    "BcQLMConfig",
+    "BcQLMQGCAMConfig",
+    "BreezeCLIPConfig",
+    "BcQLMForConditionalGeneration",
+    "BcQLMModel",
+    "BcQLMPreTrainedModel",
+    "BreezeCLIPModel",
+    "BreezeCLIPPreTrainedModel",
+]

@@ -1,0 +1,35 @@
+from setuptools import setup
+
+
+INFERENCE = [
+    "torch>=2.4",
+    "transformers>=5.23,<6",
+    "safetensors>=0.4",
+    "huggingface_hub>=1.0",
+    "accelerate>=1.0",
+    "pillow>=10",
+    "numpy>=1.24",
+]
+TRAIN = ["datasets>=3.0", "evaluate>=0.4"]
+QUANT = ["bitsandbytes>=0.45"]
+
+setup(
+    name="bcqlm",
+    version="0.1.0",
+    description=(
+        "BcQLM: efficient vision-language understanding with distilled Q-gated cross-modal fusion, "
+        "as a Hugging Face transformers model"
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=["modeling_bcqlm"],
+    python_requires=">=3.10",
+    install_requires=INFERENCE,
+    extras_require={"train": TRAIN, "quant": QUANT, "test": ["pytest>=8"] + TRAIN + QUANT},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: Apache Software License",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
