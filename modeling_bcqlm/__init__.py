@@ -5,9 +5,10 @@ Importing the package registers its classes with the `transformers` Auto classes
 package is not installed.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
 from .configuration_bcqlm import BcQLMConfig, BcQLMQGCAMConfig, BreezeCLIPConfig
+from .image_processing_bcqlm import BcQLMImageProcessor
 from .modeling_bcqlm import (
     BcQLMForConditionalGeneration,
     BcQLMModel,
@@ -15,6 +16,7 @@ from .modeling_bcqlm import (
     BreezeCLIPModel,
     BreezeCLIPPreTrainedModel,
 )
+from .processing_bcqlm import BcQLMProcessor
 
 
 AutoConfig.register(BreezeCLIPConfig.model_type, BreezeCLIPConfig, exist_ok=True)
@@ -23,14 +25,20 @@ AutoModel.register(BreezeCLIPConfig, BreezeCLIPModel, exist_ok=True)
 # Hub custom-code VLMs answer through `AutoModel`: map it to the generation class.
 AutoModel.register(BcQLMConfig, BcQLMForConditionalGeneration, exist_ok=True)
 AutoModelForImageTextToText.register(BcQLMConfig, BcQLMForConditionalGeneration, exist_ok=True)
+AutoImageProcessor.register(BcQLMConfig, image_processor_classes={"pil": BcQLMImageProcessor}, exist_ok=True)
+AutoProcessor.register(BcQLMConfig, BcQLMProcessor, exist_ok=True)
 
 BreezeCLIPConfig.register_for_auto_class()
 BcQLMConfig.register_for_auto_class()
 BreezeCLIPModel.register_for_auto_class("AutoModel")
 BcQLMForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
+BcQLMImageProcessor.register_for_auto_class()
+BcQLMProcessor.register_for_auto_class()
 
 __all__ = [
     "BcQLMConfig",
+    "BcQLMImageProcessor",
+    "BcQLMProcessor",
     "BcQLMQGCAMConfig",
     "BreezeCLIPConfig",
     "BcQLMForConditionalGeneration",

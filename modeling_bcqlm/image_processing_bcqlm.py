@@ -1,0 +1,130 @@
+"""Image processor of BcQLM: CLIP-style preprocessing on the PIL backend (no torchvision needed)."""
+
+import os
+
+import numpy as np
+from PIL import Image, ImageOps
+from transformers.image_processing_backends import PilBackend
+from transformers.image_utils import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    ImageInput,
+    PILImageResampling,
+    is_pil_image,
+    is_valid_image,
+    load_image,
+)
+
+# PIL modes whose pixels do not fit in 8 bits; they are rescaled to 8 bits before RGB conversion.
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+WIDE_MODES = ("I", "F")
+NUM_CHANNELS = (1, 3, 4)
+
+
+def _open_image_file(path: str | os.PathLike) -> Image.Image:
+    """Open and fully decode a local image file, raising a `ValueError` that names the file on failure."""
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"Image file {str(path)!r} does not exist. Pass the path of an existing image file, or the image itself "
+            "(a PIL image, numpy array or torch tensor)."
+        )
+    try:
+        image = Image.open(path)
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(
+            f"{str(path)!r} is not an image file that PIL can read ({err}). Pass a PNG, JPEG, WebP, TIFF or other "
+            "image file."
+        ) from err
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise ValueError(
+            f"Image file {str(path)!r} is corrupt or truncated ({err}). Re-download or re-export the image."
+        ) from err
+    return ImageOps.exif_transpose(image)
+
+
+def _check_image_array(image):
+    """Check the shape of a numpy array or torch tensor image; a 2-D (height, width) array gets a channel axis."""
+    shape = tuple(image.shape)
+    if image.ndim == 2:
+        return image[..., None]
+    if image.ndim in (3, 4) and (shape[image.ndim - 3] in NUM_CHANNELS or shape[-1] in NUM_CHANNELS):
+        return image
+    raise ValueError(
+        f"Cannot read an image array of shape {shape}: expected (height, width), (height, width, channels) or "
+        "(channels, height, width) with 1, 3 or 4 channels, or a 4-D batch of those. "
+        "Reshape the array or pass a PIL image."
+    )
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """
+    Rescale a 16-bit (`I;16*`), 32-bit integer (`I`) or float (`F`) PIL image to an 8-bit `L` image by its value
+    range, where PIL's own conversion would clip. `I;16*` images span [0, 65535]. `I` and `F` images span the
+    smallest of [0, 1] (`F` only), [0, 255] and [0, 65535] that holds their values, or their own min-max otherwise.
+    """
+    pixels = np.nan_to_num(np.asarray(image, dtype=np.float64))
+    low, high = float(pixels.min()), float(pixels.max())
+    if image.mode in SIXTEEN_BIT_MODES:
+        low, high = 0.0, 65535.0
+    elif low >= 0.0 and high <= 1.0 and image.mode == "F":
+        low, high = 0.0, 1.0
+    elif low >= 0.0 and high <= 255.0:
+        low, high = 0.0, 255.0
+    elif low >= 0.0 and high <= 65535.0:
+        low, high = 0.0, 65535.0
+    scale = 255.0 / (high - low) if high > low else 0.0
+    pixels = np.clip(np.round((pixels - low) * scale), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+class BcQLMImageProcessor(PilBackend):
+    r"""
+    Image processor of BcQLM's image tower (MobileViT): resize the shortest edge to 224 (bicubic), center crop
+    224x224, rescale by 1/255 and normalise with CLIP's mean and std, giving `pixel_values` of shape
+    `(batch_size, 3, 224, 224)`.
+
+    Accepts PIL images, numpy arrays, torch tensors and paths to local image files (`str` or `os.PathLike`; `http(s)://`
+    and `data:image/` strings are fetched like `load_image` does). Every PIL mode is converted to RGB: transparency is
+    composited onto white, and 16-bit, 32-bit integer and float images are first rescaled to 8 bits by their value
+    range (a 16-bit white becomes 255 rather than being clipped).
+    """
+
+    resample = PILImageResampling.BICUBIC
+    image_mean = OPENAI_CLIP_MEAN
+    image_std = OPENAI_CLIP_STD
+    size = {"shortest_edge": 224}
+    default_to_square = False
+    crop_size = {"height": 224, "width": 224}
+    do_resize = True
+    do_center_crop = True
+    do_rescale = True
+    do_normalize = True
+    do_convert_rgb = True
+
+    def fetch_images(self, image_url_or_urls: ImageInput | str | os.PathLike | list) -> ImageInput:
+        """Open paths (and URLs) as PIL images and check the shapes of arrays, keeping the nesting of lists."""
+        if isinstance(image_url_or_urls, (list, tuple)):
+            return [self.fetch_images(image) for image in image_url_or_urls]
+        if isinstance(image_url_or_urls, str) and image_url_or_urls.startswith(("http://", "https://", "data:image/")):
+            return load_image(image_url_or_urls)
+        if isinstance(image_url_or_urls, (str, os.PathLike)):
+            return _open_image_file(image_url_or_urls)
+        if is_pil_image(image_url_or_urls):
+            return image_url_or_urls
+        if is_valid_image(image_url_or_urls):
+            return _check_image_array(image_url_or_urls)
+        raise ValueError(
+            f"Unsupported image of type {type(image_url_or_urls).__name__}: pass a PIL image, a numpy array, a torch "
+            "tensor or the path to an image file."
+        )
+
+    def process_image(self, image: ImageInput, *args, **kwargs) -> np.ndarray:
+        """Convert one image to a channels-first array, rescaling PIL images wider than 8 bits to 8 bits first."""
+        if is_pil_image(image) and image.mode in SIXTEEN_BIT_MODES + WIDE_MODES:
+            image = _to_8bit(image)
+        return super().process_image(image, *args, **kwargs)
+
+
+__all__ = ["BcQLMImageProcessor"]
