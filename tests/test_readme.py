@@ -1,0 +1,46 @@
+"""README's commands: the test command is what CI runs; the quickstart and the parameter table reproduce."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def bash_blocks() -> list[str]:
+    return [block.strip() for block in re.findall(r"```bash\n(.*?)```", README, re.DOTALL)]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_readme_starts_with_the_install_and_test_commands():
+    main_command, test_command = bash_blocks()[:2]
+    assert README.index(main_command) < 200
+    assert main_command.startswith("pip install torch==2.13.0 && pip install . && ")
+    assert test_command.startswith('pip install torch==2.13.0 && pip install ".[test]" && ')
+    ci_commands = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if not line.startswith("#")]
+    assert test_command in ci_commands
+
+
+def test_quickstart_answers():
+    main_command = bash_blocks()[0]
+    script = main_command.split(" && ")[-1].split()
+    assert script[0] == "python"
+    result = run(*script[1:], "--max-new-tokens", "4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[0] == "Question: What colour is the circle?"
+    assert lines[1].startswith("Answer:") and len(lines[1]) > len("Answer:")
+
+
+def test_parameter_table_matches_the_benchmark_script():
+    result = run("benchmarks/count_parameters.py")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() in README
