@@ -110,7 +110,7 @@ class BreezeCLIPModel(BreezeCLIPPreTrainedModel):
             raise ValueError(
                 f"`pixel_values` must have shape (batch_size, num_channels, height, width), got {tuple(pixel_values.shape)}."
             )
-        pixel_values = pixel_values.to(self.visual_projection.weight.dtype)
+        pixel_values = pixel_values.to(self.vision_model.dtype)
         vision_outputs = self.vision_model(pixel_values=pixel_values, return_dict=True)
         feature_map = vision_outputs.last_hidden_state  # (batch, channels, height, width)
         patch_features = feature_map.flatten(2).transpose(1, 2)
@@ -275,6 +275,11 @@ class BcQLMPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _skip_keys_device_placement = ["past_key_values"]
     _no_split_modules = ["BcQLMQGCAM"]
+    # BreezeCLIP (30M parameters: convolutions, batch norms and the small encoders) stays in full precision under
+    # fp16, bf16 and bitsandbytes loading; the decoder, the adapter and Q-GCAM are converted. Patterns match module
+    # names from their start: `model.breezeclip` in the generation model, `breezeclip` in `BcQLMModel`.
+    _keep_in_fp32_modules = ["model.breezeclip", "breezeclip"]
+    _keep_in_fp32_modules_strict = ["model.breezeclip", "breezeclip"]
     _supports_sdpa = True
     _supports_flash_attn = False
     _supports_attention_backend = True
@@ -319,7 +324,7 @@ class BcQLMModel(BcQLMPreTrainedModel):
             features = image_outputs.pooler_output[:, None]
         else:
             features = image_outputs.last_hidden_state
-        return self.visual_adapter(features)
+        return self.visual_adapter(features.to(self.get_input_embeddings().weight.dtype))
 
     def get_question_features(
         self, question_input_ids: torch.LongTensor, question_attention_mask: torch.Tensor | None = None
@@ -368,7 +373,8 @@ class BcQLMModel(BcQLMPreTrainedModel):
                 "image with exactly one question."
             )
         tokens, pooled, mask = self.get_question_features(question_input_ids, question_attention_mask)
-        return self.qgcam(image_features, tokens, pooled, mask)
+        dtype = image_features.dtype  # BreezeCLIP may run in higher precision than the fusion
+        return self.qgcam(image_features, tokens.to(dtype), pooled.to(dtype), mask)
 
     def forward(
         self,

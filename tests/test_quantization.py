@@ -1,0 +1,82 @@
+"""bitsandbytes 8-bit and 4-bit loading on the CPU, and half-precision loading: what is converted and what is not."""
+
+import pytest
+import torch
+from transformers import AutoModel, BitsAndBytesConfig
+
+from .helpers import make_image, make_model_and_processor
+
+
+bnb = pytest.importorskip("bitsandbytes")
+
+QUANTIZATION_CONFIGS = {
+    "int8": BitsAndBytesConfig(load_in_8bit=True),
+    "nf4-double-quant": BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True
+    ),
+    "fp4": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="fp4"),
+}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bcqlm")
+    model, processor = make_model_and_processor(std=0.05)
+    model.save_pretrained(folder)
+    inputs = processor(images=make_image(), text="What colour is the car?", return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    return folder, inputs, logits, model.get_memory_footprint()
+
+
+def linear_types(model) -> dict[str, str]:
+    return {name: type(module).__name__ for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+
+
+@pytest.mark.parametrize("name", list(QUANTIZATION_CONFIGS))
+def test_quantized_loading_converts_decoder_adapter_and_qgcam_only(saved, name, tmp_path):
+    folder, inputs, logits, fp32_footprint = saved
+    model = AutoModel.from_pretrained(folder, quantization_config=QUANTIZATION_CONFIGS[name]).eval()
+    quantized_class = "Linear8bitLt" if name == "int8" else "Linear4bit"
+    for module_name, class_name in linear_types(model).items():
+        keep = module_name.startswith("model.breezeclip") or module_name == "lm_head"
+        assert (class_name == "Linear") == keep, (module_name, class_name)
+        if not keep:
+            assert class_name == quantized_class
+    assert all(p.dtype == torch.float32 for p in model.model.breezeclip.parameters())
+    assert model.get_memory_footprint() < fp32_footprint
+
+    with torch.no_grad():
+        quantized_logits = model(**inputs).logits
+    relative_error = (quantized_logits - logits).norm() / logits.norm()
+    # 4-bit weights of random Gaussian matrices this small are coarse; a broken load errs by ~100%.
+    assert relative_error < (0.05 if name == "int8" else 0.3), relative_error
+    generated = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    assert generated.shape == (1, inputs["input_ids"].shape[1] + 4)
+
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(reloaded.model.qgcam.q_proj).__name__ == quantized_class
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs).logits, quantized_logits)
+
+
+def test_user_skip_modules_keep_breezeclip_in_full_precision(saved):
+    folder, *_ = saved
+    config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=["lm_head", "model.qgcam"])
+    types = linear_types(AutoModel.from_pretrained(folder, quantization_config=config))
+    assert types["model.qgcam.q_proj"] == "Linear" and types["model.visual_adapter"] == "Linear8bitLt"
+    assert all(types[name] == "Linear" for name in types if name.startswith("model.breezeclip"))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_loading_keeps_breezeclip_in_fp32(saved, dtype):
+    folder, inputs, logits, _ = saved
+    model = AutoModel.from_pretrained(folder, dtype=dtype).eval()
+    assert all(p.dtype == torch.float32 for p in model.model.breezeclip.parameters())
+    assert model.model.qgcam.q_proj.weight.dtype == dtype
+    assert model.model.language_model.embed_tokens.weight.dtype == dtype
+    with torch.no_grad():
+        half_logits = model(**inputs).logits
+    assert half_logits.dtype == dtype
+    assert ((half_logits.float() - logits).norm() / logits.norm()) < 0.05
