@@ -1,5 +1,10 @@
 """Small, offline building blocks for the tests: tokenizers, images, a processor and a matching model."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
 from PIL import Image
@@ -26,6 +31,8 @@ __all__ = [
     "make_model_and_processor",
     "make_processor",
     "make_question_tokenizer",
+    "redraw_weights",
+    "run_without_package",
 ]
 
 
@@ -36,15 +43,35 @@ def make_image(size: tuple[int, int] = (64, 48), mode: str = "RGB", seed: int = 
     return Image.fromarray(pixels).convert(mode)
 
 
-def make_model_and_processor(seed: int = 0, std: float = 0.3, **config_kwargs):
-    """A tiny BcQLM and its processor, the weights re-drawn with `std` so that greedy decoding varies."""
-    torch.manual_seed(seed)
-    model, processor = make_tiny_bcqlm(**config_kwargs)
+def redraw_weights(model, std: float) -> None:
+    """Re-draw every weight but the norms from N(0, std), so that a tiny model's greedy decoding varies."""
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "norm" not in name:
                 param.normal_(0.0, std)
-        # Padding rows stay zero, as `padding_idx` keeps them in a real model.
+        # Padding rows stay zero, as `padding_idx` keeps them in a real model (MobileBERT's trigram input reads the
+        # neighbouring token's embedding, so a padded question's last token sees the pad row).
         question_embeddings = model.model.breezeclip.text_model.embeddings.word_embeddings
         question_embeddings.weight[question_embeddings.padding_idx].zero_()
+
+
+def make_model_and_processor(seed: int = 0, std: float = 0.3, **config_kwargs):
+    """A tiny BcQLM and its processor, the weights re-drawn with `std` so that greedy decoding varies."""
+    torch.manual_seed(seed)
+    model, processor = make_tiny_bcqlm(**config_kwargs)
+    redraw_weights(model, std)
     return model, processor
+
+
+def run_without_package(script: str, *args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run `python -c script args` offline in a fresh process in which `modeling_bcqlm` cannot be imported."""
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1", PYTHONPATH="")
+    blocked = 'import sys\nsys.modules["modeling_bcqlm"] = None  # the installed package must not be importable\n'
+    return subprocess.run(
+        [sys.executable, "-c", blocked + script, *map(str, args)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )

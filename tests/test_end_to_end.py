@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import torch
@@ -11,7 +9,7 @@ from transformers import AutoModel, AutoProcessor
 
 from modeling_bcqlm import BcQLMForConditionalGeneration, BcQLMProcessor
 
-from .helpers import make_image, make_model_and_processor
+from .helpers import make_image, make_model_and_processor, run_without_package
 
 
 QUESTIONS = ["What colour is the car?", "How many dogs are in the picture on the grass?"]
@@ -19,7 +17,6 @@ QUESTIONS = ["What colour is the car?", "How many dogs are in the picture on the
 REMOTE_ANSWER = textwrap.dedent(
     """
     import json, sys
-    sys.modules["modeling_bcqlm"] = None  # the installed package must not be importable here
     from PIL import Image
     from transformers import AutoModel, AutoProcessor
 
@@ -91,14 +88,8 @@ def test_remote_code_answers_like_the_in_memory_model(tmp_path):
     processor.save_pretrained(folder)
     image = make_image(seed=5)
     image.save(tmp_path / "image.png")
-    env = dict(os.environ, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1", PYTHONPATH="")
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_ANSWER, str(folder), str(tmp_path / "image.png"), json.dumps(QUESTIONS)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_without_package(
+        REMOTE_ANSWER, folder, tmp_path / "image.png", json.dumps(QUESTIONS), tmp_path=tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
     remote_answers = json.loads(result.stdout.strip().splitlines()[-1])

@@ -6,6 +6,7 @@ from transformers import AutoModel, AutoModelForImageTextToText
 from modeling_bcqlm import BcQLMForConditionalGeneration, BreezeCLIPModel
 from modeling_bcqlm.modeling_bcqlm import BcQLMQGCAM
 
+from .helpers import redraw_weights
 from .tiny import TINY_IMAGE_SIZE, tiny_bcqlm_config, tiny_breezeclip_config
 
 
@@ -18,14 +19,7 @@ def make_model(seed: int = 0, std: float | None = None, **config_kwargs) -> BcQL
     torch.manual_seed(seed)
     model = BcQLMForConditionalGeneration(tiny_bcqlm_config(**config_kwargs)).eval()
     if std is not None:
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if "norm" not in name:
-                    param.normal_(0.0, std)
-            # Padding rows stay zero, as `padding_idx` keeps them in a real model (MobileBERT's trigram input
-            # reads the neighbouring token's embedding, so a padded question's last token sees the pad row).
-            question_embeddings = model.model.breezeclip.text_model.embeddings.word_embeddings
-            question_embeddings.weight[question_embeddings.padding_idx].zero_()
+        redraw_weights(model, std)
     return model
 
 

@@ -1,8 +1,6 @@
 import json
 import os
 import re
-import subprocess
-import sys
 import textwrap
 
 import torch
@@ -10,13 +8,13 @@ from safetensors.torch import load_file, save_file
 
 from modeling_bcqlm import BcQLMForConditionalGeneration
 
+from .helpers import run_without_package
 from .test_modeling import make_inputs, make_model
 
 
 REMOTE_LOAD = textwrap.dedent(
     """
     import sys
-    sys.modules["modeling_bcqlm"] = None  # the installed package must not be importable here
     import torch
     from safetensors.torch import load_file, save_file
     from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
@@ -79,14 +77,8 @@ def test_remote_code_loads_without_the_package(tmp_path):
     model.save_pretrained(folder)
     inputs = make_inputs()
     save_file(inputs, tmp_path / "inputs.safetensors")
-    env = dict(os.environ, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1", PYTHONPATH="")
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_LOAD, str(folder), str(tmp_path / "inputs.safetensors"), str(tmp_path / "out")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_without_package(
+        REMOTE_LOAD, folder, tmp_path / "inputs.safetensors", tmp_path / "out", tmp_path=tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
     outputs = load_file(tmp_path / "out")
