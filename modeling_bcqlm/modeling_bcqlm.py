@@ -154,7 +154,6 @@ class BreezeCLIPModel(BreezeCLIPPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
         return_loss: bool | None = None,
-        **kwargs,
     ) -> CLIPOutput:
         """
         Returns:
@@ -281,7 +280,6 @@ class BcQLMPreTrainedModel(PreTrainedModel):
     _keep_in_fp32_modules = ["model.breezeclip", "breezeclip"]
     _keep_in_fp32_modules_strict = ["model.breezeclip", "breezeclip"]
     _supports_sdpa = True
-    _supports_flash_attn = False
     _supports_attention_backend = True
 
 
@@ -576,6 +574,12 @@ class BcQLMForConditionalGeneration(BcQLMPreTrainedModel, GenerationMixin):
         if self._auto_class is not None:
             class_ref = f"{self.__class__.__module__.split('.')[-1]}.{self.__class__.__name__}"
             self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoModel": class_ref}
+            # Saved folders answer `pipeline("visual-question-answering", model=folder, trust_remote_code=True)`; this
+            # relative import also makes the saved code include `pipeline_bcqlm.py`.
+            from .pipeline_bcqlm import BcQLMVisualQuestionAnsweringPipeline as vqa_pipeline
+
+            custom_pipelines = getattr(self.config, "custom_pipelines", None) or {}
+            self.config.custom_pipelines = {**custom_pipelines, **vqa_pipeline.custom_pipelines()}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
 
