@@ -6,6 +6,7 @@ package is not installed.
 """
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageTextToText, AutoProcessor
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_bcqlm import BcQLMConfig, BcQLMQGCAMConfig, BreezeCLIPConfig
 from .image_processing_bcqlm import BcQLMImageProcessor
@@ -16,6 +17,7 @@ from .modeling_bcqlm import (
     BreezeCLIPModel,
     BreezeCLIPPreTrainedModel,
 )
+from .pipeline_bcqlm import VQA_TASKS, BcQLMVisualQuestionAnsweringPipeline
 from .processing_bcqlm import BcQLMProcessor
 
 
@@ -35,11 +37,24 @@ BcQLMForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToTe
 BcQLMImageProcessor.register_for_auto_class()
 BcQLMProcessor.register_for_auto_class()
 
+# `transformers` 5 removed the built-in `visual-question-answering` task and its `vqa` alias: each gets an entry.
+# Saved folders name the pipeline in `custom_pipelines` (see `BcQLMForConditionalGeneration.save_pretrained`).
+for _task in VQA_TASKS:
+    if PIPELINE_REGISTRY.supported_tasks.get(_task, {}).get("impl") is not BcQLMVisualQuestionAnsweringPipeline:
+        PIPELINE_REGISTRY.register_pipeline(
+            _task, pipeline_class=BcQLMVisualQuestionAnsweringPipeline, pt_model=AutoModelForImageTextToText
+        )
+# `register_pipeline` keeps the last task only: the pipeline's own `save_pretrained` writes every entry from this.
+BcQLMVisualQuestionAnsweringPipeline._registered_impl = {
+    _task: PIPELINE_REGISTRY.supported_tasks[_task] for _task in VQA_TASKS
+}
+
 __all__ = [
     "BcQLMConfig",
     "BcQLMImageProcessor",
     "BcQLMProcessor",
     "BcQLMQGCAMConfig",
+    "BcQLMVisualQuestionAnsweringPipeline",
     "BreezeCLIPConfig",
     "BcQLMForConditionalGeneration",
     "BcQLMModel",

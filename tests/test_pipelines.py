@@ -1,0 +1,228 @@
+"""Pipelines: BcQLM's visual-question-answering pipeline, transformers' image-text-to-text pipeline, streaming."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from threading import Thread
+
+import pytest
+import torch
+from transformers import TextIteratorStreamer, pipeline
+
+from modeling_bcqlm import BcQLMVisualQuestionAnsweringPipeline, pipeline_bcqlm
+
+from .helpers import make_image, make_model_and_processor
+
+
+QUESTION = "What colour is the car?"
+MAX_NEW_TOKENS = 6
+
+
+@pytest.fixture(scope="module")
+def model_and_processor():
+    return make_model_and_processor(seed=7)
+
+
+@pytest.fixture(scope="module")
+def vqa(model_and_processor):
+    model, processor = model_and_processor
+    return BcQLMVisualQuestionAnsweringPipeline(model=model, processor=processor, max_new_tokens=MAX_NEW_TOKENS)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, vqa):
+    path = tmp_path_factory.mktemp("bcqlm")
+    vqa.save_pretrained(path)
+    return path
+
+
+def sequence_probability(model, inputs, sequence):
+    """Probability of `sequence`'s tokens after the prompt, from one forward pass over the whole sequence."""
+    prompt_length = inputs["input_ids"].shape[1]
+    sequence = sequence[None]
+    with torch.no_grad():
+        logits = model(
+            input_ids=sequence,
+            attention_mask=torch.ones_like(sequence),
+            pixel_values=inputs["pixel_values"],
+            question_input_ids=inputs["question_input_ids"],
+            question_attention_mask=inputs["question_attention_mask"],
+        ).logits
+    log_probabilities = logits[0, prompt_length - 1 : -1].log_softmax(-1)
+    new_tokens = sequence[0, prompt_length:]
+    keep = new_tokens != model.generation_config.pad_token_id
+    chosen = log_probabilities.gather(-1, new_tokens[:, None])[:, 0]
+    return chosen[keep].sum().exp().item()
+
+
+def expected_answers(model, processor, image, question, num_beams=1):
+    """`[(answer, probability)]` from `generate` + decode + a manual forward pass, in `generate`'s order."""
+    inputs = processor(images=image, text=question, return_tensors="pt")
+    beam_kwargs = {"num_beams": num_beams, "num_return_sequences": num_beams} if num_beams > 1 else {}
+    sequences = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, **beam_kwargs)
+    answers = processor.batch_decode(sequences, skip_special_tokens=True)
+    return [(answer, sequence_probability(model, inputs, sequence)) for answer, sequence in zip(answers, sequences)]
+
+
+def test_answer_and_score_match_a_manual_computation(model_and_processor, vqa):
+    model, processor = model_and_processor
+    image = make_image(seed=1)
+    result = vqa(image=image, question=QUESTION)
+    [(answer, probability)] = expected_answers(model, processor, image, QUESTION)
+    assert isinstance(result, list) and len(result) == 1 and set(result[0]) == {"answer", "score"}
+    assert result[0]["answer"] == answer and answer
+    assert isinstance(result[0]["score"], float) and 0.0 < result[0]["score"] < 1.0
+    assert result[0]["score"] == pytest.approx(probability, rel=1e-4)
+    # The dict form answers the same.
+    assert vqa({"image": image, "question": QUESTION}) == result
+
+
+def test_top_k_returns_the_beams_sorted_by_score(model_and_processor, vqa):
+    model, processor = model_and_processor
+    image = make_image(seed=2)
+    results = vqa(image=image, question=QUESTION, top_k=3)
+    assert len(results) == 3
+    scores = [result["score"] for result in results]
+    assert scores == sorted(scores, reverse=True)
+    expected = sorted(expected_answers(model, processor, image, QUESTION, num_beams=3), key=lambda x: -x[1])
+    assert [result["answer"] for result in results] == [answer for answer, _ in expected]
+    assert scores == pytest.approx([probability for _, probability in expected], rel=1e-4)
+    with pytest.raises(ValueError, match="`top_k` must be a positive integer"):
+        vqa(image=image, question=QUESTION, top_k=0)
+
+
+def test_batches_answer_like_single_inputs(vqa):
+    images = [make_image(seed=3), make_image(seed=4)]
+    questions = [QUESTION, "Is it raining?"]
+    singles = [vqa(image=image, question=question) for image, question in zip(images, questions)]
+    assert singles[0] != singles[1]
+    assert vqa([{"image": im, "question": q} for im, q in zip(images, questions)]) == singles
+    assert vqa(image=images, question=questions) == singles
+    # One question for every image.
+    assert vqa(image=images, question=QUESTION) == [singles[0], vqa(image=images[1], question=QUESTION)]
+
+
+def test_path_and_url_inputs_answer_like_the_pil_image(tmp_path, monkeypatch, vqa):
+    image = make_image(seed=5)
+    image.save(tmp_path / "image.png")
+    expected = vqa(image=image, question=QUESTION)
+    assert vqa(image=str(tmp_path / "image.png"), question=QUESTION) == expected
+
+    fetched = []
+
+    def fake_load_image(source, timeout=None):
+        fetched.append((source, timeout))
+        return image
+
+    monkeypatch.setattr(pipeline_bcqlm, "load_image", fake_load_image)
+    url = "https://example.com/image.png"
+    assert vqa(image=url, question=QUESTION, timeout=3.0) == expected
+    assert fetched == [(url, 3.0)]
+
+
+def test_errors(tmp_path, vqa):
+    image = make_image(seed=6)
+    with pytest.raises(ValueError, match="No image was given"):
+        vqa()
+    with pytest.raises(ValueError, match="Input 0 has no image"):
+        vqa(question=QUESTION)
+    with pytest.raises(ValueError, match="Input 0 has no image"):
+        vqa({"question": QUESTION})
+    with pytest.raises(ValueError, match="Input 1 has no image"):
+        vqa([{"image": image, "question": QUESTION}, {"image": None, "question": QUESTION}])
+    missing = str(tmp_path / "missing.png")
+    with pytest.raises(ValueError, match=r"Could not read the image .*missing\.png"):
+        vqa(image=missing, question=QUESTION)
+    with pytest.raises(ValueError, match=r"Could not read the image 'http://127\.0\.0\.1:9/image\.png'"):
+        vqa(image="http://127.0.0.1:9/image.png", question=QUESTION, timeout=5)
+    with pytest.raises(ValueError, match="Input 0 has an empty question"):
+        vqa(image=image, question="   ")
+    with pytest.raises(ValueError, match="No question was given"):
+        vqa(image=image)
+    with pytest.raises(ValueError, match=r"Got 2 image\(s\) and 1 question\(s\)"):
+        vqa(image=[image, image], question=[QUESTION])
+
+
+def test_saved_folder_names_the_pipeline(tmp_path, model_and_processor, folder):
+    config = json.loads((folder / "config.json").read_text())
+    entry = {"impl": "pipeline_bcqlm.BcQLMVisualQuestionAnsweringPipeline", "pt": ["AutoModelForImageTextToText"]}
+    assert config["custom_pipelines"] == {"visual-question-answering": entry, "vqa": entry}
+    assert {"pipeline_bcqlm.py", "modeling_bcqlm.py", "processor_config.json"} <= set(os.listdir(folder))
+    # A plain `model.save_pretrained` writes the same entries and code.
+    model, _ = model_and_processor
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["custom_pipelines"] == config["custom_pipelines"]
+    assert (tmp_path / "pipeline_bcqlm.py").is_file()
+
+
+def test_image_text_to_text_pipeline_with_text_and_chat(model_and_processor, folder):
+    model, processor = model_and_processor
+    image = make_image(seed=8)
+    [(answer, _)] = expected_answers(model, processor, image, QUESTION)
+    pipe = pipeline("image-text-to-text", model=str(folder), trust_remote_code=True)
+    kwargs = {"max_new_tokens": MAX_NEW_TOKENS, "do_sample": False}
+    [plain] = pipe(images=image, text=QUESTION, return_full_text=False, **kwargs)
+    assert plain["generated_text"] == answer
+    messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": QUESTION}]}]
+    [chat] = pipe(text=messages, **kwargs)
+    assert chat["generated_text"][-1] == {"role": "assistant", "content": answer}
+
+
+def test_text_iterator_streamer_yields_the_answer(model_and_processor):
+    model, processor = model_and_processor
+    inputs = processor(images=make_image(seed=9), text=QUESTION, return_tensors="pt")
+    kwargs = {**inputs, "max_new_tokens": MAX_NEW_TOKENS, "do_sample": False}
+    new_tokens = model.generate(**kwargs)[0, inputs["input_ids"].shape[1] :]
+    streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    thread = Thread(target=model.generate, kwargs={**kwargs, "streamer": streamer})
+    thread.start()
+    chunks = list(streamer)
+    thread.join()
+    expected = processor.tokenizer.decode(new_tokens, skip_special_tokens=True)
+    assert expected and "".join(chunks) == expected
+
+
+REMOTE_PIPELINES = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["modeling_bcqlm"] = None  # the installed package must not be importable here
+    from transformers import pipeline
+
+    folder, image_path, question, max_new_tokens = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    vqa = pipeline("visual-question-answering", model=folder, trust_remote_code=True)
+    assert type(vqa).__module__.startswith("transformers_modules."), type(vqa).__module__
+    alias = pipeline("vqa", model=folder, trust_remote_code=True)
+    chat = pipeline("image-text-to-text", model=folder, trust_remote_code=True)
+    print(json.dumps({
+        "vqa": vqa(image=image_path, question=question, max_new_tokens=max_new_tokens),
+        "vqa_top_k": vqa(image=image_path, question=question, max_new_tokens=max_new_tokens, top_k=2),
+        "alias": alias({"image": image_path, "question": question}, max_new_tokens=max_new_tokens),
+        "itt": chat(images=image_path, text=question, max_new_tokens=max_new_tokens, return_full_text=False),
+    }))
+    """
+)
+
+
+def test_pipelines_load_from_a_saved_folder_as_remote_code(tmp_path, vqa, folder):
+    image = make_image(seed=10)
+    image.save(tmp_path / "image.png")
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1", PYTHONPATH="")
+    args = [str(folder), str(tmp_path / "image.png"), QUESTION, str(MAX_NEW_TOKENS)]
+    result = subprocess.run(
+        [sys.executable, "-c", REMOTE_PIPELINES, *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    remote = json.loads(result.stdout.strip().splitlines()[-1])
+    expected = vqa(image=image, question=QUESTION)
+    expected_top_k = vqa(image=image, question=QUESTION, top_k=2)
+    for got, want in ((remote["vqa"], expected), (remote["alias"], expected), (remote["vqa_top_k"], expected_top_k)):
+        assert [r["answer"] for r in got] == [r["answer"] for r in want]
+        assert [r["score"] for r in got] == pytest.approx([r["score"] for r in want], rel=1e-3)
+    assert remote["itt"] == [{"input_text": QUESTION, "generated_text": expected[0]["answer"]}]
