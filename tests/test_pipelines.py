@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 from threading import Thread
 
@@ -13,7 +11,7 @@ from transformers import TextIteratorStreamer, pipeline
 
 from modeling_bcqlm import BcQLMVisualQuestionAnsweringPipeline, pipeline_bcqlm
 
-from .helpers import make_image, make_model_and_processor
+from .helpers import make_image, make_model_and_processor, run_without_package
 
 
 QUESTION = "What colour is the car?"
@@ -187,7 +185,6 @@ def test_text_iterator_streamer_yields_the_answer(model_and_processor):
 REMOTE_PIPELINES = textwrap.dedent(
     """
     import json, sys
-    sys.modules["modeling_bcqlm"] = None  # the installed package must not be importable here
     from transformers import pipeline
 
     folder, image_path, question, max_new_tokens = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -208,15 +205,8 @@ REMOTE_PIPELINES = textwrap.dedent(
 def test_pipelines_load_from_a_saved_folder_as_remote_code(tmp_path, vqa, folder):
     image = make_image(seed=10)
     image.save(tmp_path / "image.png")
-    env = dict(os.environ, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1", PYTHONPATH="")
-    args = [str(folder), str(tmp_path / "image.png"), QUESTION, str(MAX_NEW_TOKENS)]
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_PIPELINES, *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_without_package(
+        REMOTE_PIPELINES, folder, tmp_path / "image.png", QUESTION, MAX_NEW_TOKENS, tmp_path=tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
     remote = json.loads(result.stdout.strip().splitlines()[-1])
