@@ -365,6 +365,12 @@ class BcQLMModel(BcQLMPreTrainedModel):
             `(batch_size, image_seq_length, hidden_size)`.
         """
         _check_ids("question_input_ids", question_input_ids, question_attention_mask)
+        expected = (self.config.image_seq_length, self.config.text_config.hidden_size)
+        if image_features.dim() != 3 or tuple(image_features.shape[1:]) != expected:
+            raise ValueError(
+                f"`image_features` must have shape (batch_size, {expected[0]}, {expected[1]}) as "
+                f"`get_image_features` returns them, got {tuple(image_features.shape)}."
+            )
         if question_input_ids.shape[0] != image_features.shape[0]:
             raise ValueError(
                 f"Got {image_features.shape[0]} images but {question_input_ids.shape[0]} questions: BcQLM pairs each "
@@ -384,25 +390,32 @@ class BcQLMModel(BcQLMPreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         question_input_ids: torch.LongTensor | None = None,
         question_attention_mask: torch.Tensor | None = None,
+        image_features: torch.FloatTensor | None = None,
         **kwargs,
     ) -> BcQLMModelOutputWithPast:
+        r"""
+        image_features (`torch.FloatTensor` of shape `(batch_size, image_seq_length, hidden_size)`, *optional*):
+            Output of [`~BcQLMModel.get_image_features`], passed instead of `pixel_values` to ask several questions
+            about the same images without running the image tower again.
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         if input_ids is not None:
             _check_ids("input_ids", input_ids, None)
+        if pixel_values is not None and image_features is not None:
+            raise ValueError("Pass either `pixel_values` or precomputed `image_features`, not both.")
 
-        image_features = None
-        if pixel_values is not None:
+        if pixel_values is not None or image_features is not None:
             if input_ids is None:
-                raise ValueError("`pixel_values` need `input_ids` holding the `<image>` placeholder tokens.")
+                raise ValueError("Images need `input_ids` holding the `<image>` placeholder tokens.")
             if question_input_ids is None:
                 raise ValueError(
-                    "`pixel_values` need `question_input_ids` (the question for the question encoder); build the "
-                    "inputs with BcQLMProcessor."
+                    "Images need `question_input_ids` (the question for the question encoder); build the inputs with "
+                    "BcQLMProcessor."
                 )
-            image_features = self.get_fused_image_features(
-                self.get_image_features(pixel_values), question_input_ids, question_attention_mask
-            )
+            if image_features is None:
+                image_features = self.get_image_features(pixel_values)
+            image_features = self.get_fused_image_features(image_features, question_input_ids, question_attention_mask)
             image_mask = input_ids == self.config.image_token_id
             self._check_placeholders(image_mask, image_features)
             inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(image_mask, 0))
@@ -502,6 +515,7 @@ class BcQLMForConditionalGeneration(BcQLMPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.FloatTensor | None = None,
         question_input_ids: torch.LongTensor | None = None,
         question_attention_mask: torch.Tensor | None = None,
+        image_features: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
@@ -512,6 +526,8 @@ class BcQLMForConditionalGeneration(BcQLMPreTrainedModel, GenerationMixin):
                 per image.
             pixel_values: `(batch_size, 3, image_size, image_size)`, one image per prompt.
             question_input_ids: `(batch_size, question_length)` ids of the question tokenizer (question alone).
+            image_features: `(batch_size, image_seq_length, hidden_size)` from `model.model.get_image_features`,
+                instead of `pixel_values`: several questions about one image run its image tower once.
             labels: `(batch_size, sequence_length)` target ids, -100 where no loss is taken.
 
         Example:
@@ -531,6 +547,7 @@ class BcQLMForConditionalGeneration(BcQLMPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             question_input_ids=question_input_ids,
             question_attention_mask=question_attention_mask,
+            image_features=image_features,
             **kwargs,
         )
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
@@ -556,6 +573,7 @@ class BcQLMForConditionalGeneration(BcQLMPreTrainedModel, GenerationMixin):
         input_ids,
         question_input_ids=None,
         question_attention_mask=None,
+        image_features=None,
         use_cache=True,
         is_first_iteration=False,
         **kwargs,
@@ -563,10 +581,11 @@ class BcQLMForConditionalGeneration(BcQLMPreTrainedModel, GenerationMixin):
         model_inputs = super().prepare_inputs_for_generation(
             input_ids, use_cache=use_cache, is_first_iteration=is_first_iteration, **kwargs
         )
-        # Like `pixel_values`, the question is only needed where visual features are computed: on prefill.
+        # Like `pixel_values`, the question and image features are only needed on prefill.
         if is_first_iteration or not use_cache:
             model_inputs["question_input_ids"] = question_input_ids
             model_inputs["question_attention_mask"] = question_attention_mask
+            model_inputs["image_features"] = image_features
         return model_inputs
 
     def save_pretrained(self, save_directory, *args, **kwargs):

@@ -364,3 +364,26 @@ def test_auto_classes_map_to_the_generation_model(tmp_path):
     model.save_pretrained(tmp_path)
     for auto_class in (AutoModel, AutoModelForImageTextToText):
         assert type(auto_class.from_pretrained(tmp_path)) is BcQLMForConditionalGeneration
+
+
+def test_several_questions_about_one_image_reuse_its_features(monkeypatch):
+    model = make_model(std=0.3)
+    inputs = make_inputs(batch_size=3)
+    inputs["pixel_values"] = inputs["pixel_values"][:1].expand(3, -1, -1, -1)
+    expected = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+
+    image_features = model.model.get_image_features(inputs.pop("pixel_values")[:1])
+    calls = []
+    monkeypatch.setattr(model.model, "get_image_features", lambda *args: calls.append(1))
+    shared = model.generate(**inputs, image_features=image_features.expand(3, -1, -1), max_new_tokens=5, do_sample=False)
+    assert torch.equal(shared, expected)
+    assert calls == []  # the image tower did not run again
+
+
+def test_image_features_of_the_wrong_shape_or_with_pixel_values_are_reported():
+    model = make_model()
+    inputs = make_inputs()
+    with pytest.raises(ValueError, match=r"image_features.*\(batch_size, 4, 32\)"):
+        model(**{k: v for k, v in inputs.items() if k != "pixel_values"}, image_features=torch.randn(2, 4, 16))
+    with pytest.raises(ValueError, match="not both"):
+        model(**inputs, image_features=torch.randn(2, 4, 32))
