@@ -405,6 +405,7 @@ class BcQLMModel(BcQLMPreTrainedModel):
         if pixel_values is not None and image_features is not None:
             raise ValueError("Pass either `pixel_values` or precomputed `image_features`, not both.")
 
+        fused_features = None
         if pixel_values is not None or image_features is not None:
             if input_ids is None:
                 raise ValueError("Images need `input_ids` holding the `<image>` placeholder tokens.")
@@ -415,11 +416,11 @@ class BcQLMModel(BcQLMPreTrainedModel):
                 )
             if image_features is None:
                 image_features = self.get_image_features(pixel_values)
-            image_features = self.get_fused_image_features(image_features, question_input_ids, question_attention_mask)
+            fused_features = self.get_fused_image_features(image_features, question_input_ids, question_attention_mask)
             image_mask = input_ids == self.config.image_token_id
-            self._check_placeholders(image_mask, image_features)
+            self._check_placeholders(image_mask, fused_features)
             inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(image_mask, 0))
-            inputs_embeds = inputs_embeds.masked_scatter(image_mask[..., None], image_features.to(inputs_embeds.dtype))
+            inputs_embeds = inputs_embeds.masked_scatter(image_mask[..., None], fused_features.to(inputs_embeds.dtype))
         elif inputs_embeds is None:
             is_prefill = past_key_values is None or past_key_values.get_seq_length() == 0
             if is_prefill and (input_ids == self.config.image_token_id).any():
@@ -441,7 +442,7 @@ class BcQLMModel(BcQLMPreTrainedModel):
             past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            image_hidden_states=image_features,
+            image_hidden_states=fused_features,
         )
 
     def _check_placeholders(self, image_mask: torch.Tensor, image_features: torch.Tensor) -> None:
