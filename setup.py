@@ -10,7 +10,7 @@ INFERENCE = [
     "pillow>=10",
     "numpy>=1.24",
 ]
-TRAIN = ["datasets>=3.0", "evaluate>=0.4"]
+TRAIN = ["datasets>=3.0", "evaluate>=0.4", "peft>=0.13"]
 QUANT = ["bitsandbytes>=0.45"]
 
 setup(

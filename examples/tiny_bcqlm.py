@@ -4,7 +4,15 @@ sentences, hidden sizes <= 64. Used by the quickstart and the tests; the same co
 import re
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import BertTokenizer, PreTrainedTokenizerFast
+from transformers import (
+    BertTokenizer,
+    CLIPConfig,
+    CLIPImageProcessorPil,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPTokenizer,
+    PreTrainedTokenizerFast,
+)
 
 from modeling_bcqlm import (
     BcQLMConfig,
@@ -150,3 +158,43 @@ def make_tiny_bcqlm(**config_kwargs) -> tuple[BcQLMForConditionalGeneration, BcQ
     model = BcQLMForConditionalGeneration(config).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, processor
+
+
+def make_breezeclip_processing(image_size: int = TINY_IMAGE_SIZE) -> tuple[BcQLMImageProcessor, BertTokenizer]:
+    """The image processor and text tokenizer of a tiny BreezeCLIP (the same ones a tiny BcQLM uses)."""
+    processor = make_processor(image_size)
+    return processor.image_processor, processor.question_tokenizer
+
+
+def make_tiny_clip_teacher(projection_dim: int = 20, image_size: int = 32) -> tuple[CLIPModel, CLIPProcessor]:
+    """A tiny random `CLIPModel` teacher and its `CLIPProcessor` (a byte-level CLIP tokenizer without merges)."""
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {token: index for index, token in enumerate(specials + sorted(alphabet) + sorted(a + "</w>" for a in alphabet))}
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=32)
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 32,
+            "bos_token_id": vocab[specials[0]],
+            "eos_token_id": vocab[specials[1]],
+            "pad_token_id": vocab[specials[1]],
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": image_size,
+            "patch_size": 8,
+        },
+        projection_dim=projection_dim,
+    )
+    return CLIPModel(config).eval(), CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)

@@ -483,15 +483,18 @@ class BcQLMForConditionalGeneration(BcQLMPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings
 
-    def freeze_for_stage2(self) -> None:
+    def freeze_for_stage2(self, decoder_in_eval_mode: bool = True) -> None:
         """
         The paper's stage-2 recipe: freeze BreezeCLIP and the decoder (with its head); only the visual adapter and
         Q-GCAM train. Frozen parts stay in eval mode under `model.train()`, so MobileViT's batch-norm statistics and
-        the towers' dropout do not change.
+        the towers' dropout do not change. `decoder_in_eval_mode=False` lets the decoder follow `train()` (for adapters
+        such as LoRA added to it, whose dropout must run).
         """
         for module in (self.model.breezeclip, self.model.language_model, self.lm_head):
             module.requires_grad_(False)
-        self._frozen_modules = (self.model.breezeclip, self.model.language_model)
+        self._frozen_modules = (self.model.breezeclip,)
+        if decoder_in_eval_mode:
+            self._frozen_modules += (self.model.language_model,)
         self.train(self.training)
 
     def unfreeze(self) -> None:

@@ -1,0 +1,536 @@
+"""Training BcQLM with the `transformers` `Trainer`.
+
+Stage 1 distils [`BreezeCLIPModel`] from a frozen `transformers.CLIPModel` teacher ([`BreezeCLIPDistillationTrainer`]
+on a [`BreezeCLIPForDistillation`], batches made by [`BreezeCLIPDistillationCollator`]). Stage 2 trains
+[`BcQLMForConditionalGeneration`] with the plain `Trainer`; [`BcQLMVQACollator`] builds the prompts and masks the
+labels so that only the answer counts.
+"""
+
+import hashlib
+import json
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Trainer, TrainingArguments
+from transformers.image_utils import load_image
+from transformers.modeling_outputs import ModelOutput
+from transformers.models.clip.modeling_clip import image_text_contrastive_loss
+
+from .configuration_bcqlm import BreezeCLIPConfig
+from .modeling_bcqlm import BreezeCLIPModel, BreezeCLIPPreTrainedModel
+
+
+FEATURE_DISTILLATION_LOSSES = ("mse", "cosine")
+
+
+@dataclass
+class BreezeCLIPDistillationOutput(ModelOutput):
+    """
+    Args:
+        logits_per_image (`torch.FloatTensor` of shape `(image_batch_size, text_batch_size)`):
+            The student's scaled image-text cosine similarities.
+        image_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`):
+            The student's L2-normalised image embeddings.
+        text_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`):
+            The student's L2-normalised text embeddings.
+        image_distillation_embeds (`torch.FloatTensor` of shape `(batch_size, teacher_projection_dim)`):
+            The student's image embeddings in the teacher's space (through the learned projection when the sizes
+            differ), L2-normalised.
+        text_distillation_embeds (`torch.FloatTensor` of shape `(batch_size, teacher_projection_dim)`):
+            Same for the text embeddings.
+    """
+
+    logits_per_image: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    image_distillation_embeds: torch.FloatTensor | None = None
+    text_distillation_embeds: torch.FloatTensor | None = None
+
+
+class BreezeCLIPForDistillation(BreezeCLIPPreTrainedModel):
+    """
+    The stage-1 student: a [`BreezeCLIPModel`] (`self.breezeclip`) and, when the teacher's embedding size differs from
+    `config.projection_dim`, learned linear maps of the student's embeddings into the teacher's space for the feature
+    distillation loss. The teacher is not part of it, so it is never saved. Checkpoints load back with
+    `BreezeCLIPModel.from_pretrained` (the maps are dropped); `model.breezeclip.save_pretrained` exports the student.
+
+    Args:
+        config ([`BreezeCLIPConfig`]): the student's configuration.
+        teacher_projection_dim (`int`, *optional*): the teacher's embedding size; defaults to `config.projection_dim`.
+    """
+
+    def __init__(self, config: BreezeCLIPConfig, teacher_projection_dim: int | None = None):
+        super().__init__(config)
+        self.breezeclip = BreezeCLIPModel(config)
+        self.teacher_projection_dim = teacher_projection_dim or config.projection_dim
+        if self.teacher_projection_dim != config.projection_dim:
+            self.image_distillation_projection = nn.Linear(config.projection_dim, self.teacher_projection_dim)
+            self.text_distillation_projection = nn.Linear(config.projection_dim, self.teacher_projection_dim)
+        else:
+            self.image_distillation_projection = self.text_distillation_projection = None
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        pixel_values: torch.FloatTensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+    ) -> BreezeCLIPDistillationOutput:
+        """
+        Args:
+            input_ids: `(batch_size, sequence_length)` captions, from the student's tokenizer.
+            pixel_values: `(batch_size, 3, height, width)` images, from the student's image processor.
+        """
+        outputs = self.breezeclip(
+            input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, token_type_ids=token_type_ids
+        )
+        image_embeds, text_embeds = outputs.image_embeds, outputs.text_embeds
+        if self.image_distillation_projection is not None:
+            image_distillation_embeds = F.normalize(
+                self.image_distillation_projection(outputs.vision_model_output.pooler_output), dim=-1
+            )
+            text_distillation_embeds = F.normalize(
+                self.text_distillation_projection(outputs.text_model_output.pooler_output), dim=-1
+            )
+        else:
+            image_distillation_embeds, text_distillation_embeds = image_embeds, text_embeds
+        return BreezeCLIPDistillationOutput(
+            logits_per_image=outputs.logits_per_image,
+            image_embeds=image_embeds,
+            text_embeds=text_embeds,
+            image_distillation_embeds=image_distillation_embeds,
+            text_distillation_embeds=text_distillation_embeds,
+        )
+
+
+def feature_distillation_loss(student_embeds: torch.Tensor, teacher_embeds: torch.Tensor, kind: str = "mse"):
+    """
+    Distance between L2-normalised student and teacher embeddings `(batch_size, dim)`: the mean squared error over
+    all elements (`"mse"`, the released code's loss) or the mean of `1 - cosine similarity` (`"cosine"`).
+    """
+    if kind == "mse":
+        return F.mse_loss(student_embeds, teacher_embeds)
+    if kind == "cosine":
+        return (1 - F.cosine_similarity(student_embeds, teacher_embeds, dim=-1)).mean()
+    raise ValueError(f"`feature_distillation_loss` must be one of {FEATURE_DISTILLATION_LOSSES}, got {kind!r}.")
+
+
+def affinity_distillation_loss(
+    student_image_embeds: torch.Tensor,
+    student_text_embeds: torch.Tensor,
+    teacher_image_embeds: torch.Tensor,
+    teacher_text_embeds: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """
+    KL(teacher || student) between the image-to-text similarity distributions (softmax over each row of
+    `image_embeds @ text_embeds.T / temperature`) and between the text-to-image ones (over each column), averaged over
+    the batch and over the two directions. All embeddings are L2-normalised, `(batch_size, dim)`.
+    """
+    student_logits = student_image_embeds @ student_text_embeds.t() / temperature
+    teacher_logits = teacher_image_embeds @ teacher_text_embeds.t() / temperature
+    image_to_text = F.kl_div(
+        F.log_softmax(student_logits, dim=1), F.log_softmax(teacher_logits, dim=1), reduction="batchmean", log_target=True
+    )
+    text_to_image = F.kl_div(
+        F.log_softmax(student_logits.t(), dim=1),
+        F.log_softmax(teacher_logits.t(), dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return (image_to_text + text_to_image) / 2
+
+
+@dataclass
+class BreezeCLIPDistillationArguments(TrainingArguments):
+    """`TrainingArguments` with the weights of the stage-1 losses. The defaults are the paper's (alpha = beta = 1)."""
+
+    contrastive_weight: float = field(
+        default=1.0, metadata={"help": "alpha: weight of the student's symmetric InfoNCE loss."}
+    )
+    feature_distillation_weight: float = field(
+        default=1.0,
+        metadata={"help": "beta: weight of the distance to the teacher's normalised image and text embeddings."},
+    )
+    feature_distillation_loss: str = field(
+        default="mse", metadata={"help": "Distance of the feature distillation: 'mse' (the paper's) or 'cosine'."}
+    )
+    affinity_distillation_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the KL between the teacher's and student's image-text similarity distributions."},
+    )
+    affinity_temperature: float = field(
+        default=0.07, metadata={"help": "Temperature of the similarity distributions of the affinity loss."}
+    )
+    # The collator reads the raw image and caption columns.
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep the raw columns: the collator makes the student's and teacher's inputs."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.feature_distillation_loss not in FEATURE_DISTILLATION_LOSSES:
+            raise ValueError(
+                f"`feature_distillation_loss` must be one of {FEATURE_DISTILLATION_LOSSES}, got "
+                f"{self.feature_distillation_loss!r}."
+            )
+        if self.affinity_temperature <= 0:
+            raise ValueError(f"`affinity_temperature` must be positive, got {self.affinity_temperature}.")
+
+
+class BreezeCLIPDistillationTrainer(Trainer):
+    """
+    Distils a [`BreezeCLIPForDistillation`] student from a frozen `CLIPModel` teacher:
+
+        loss = alpha * InfoNCE(student) + beta * (D(image) + D(text)) + gamma * affinity KL
+
+    with D the feature distance of `args.feature_distillation_loss` between the student's and the teacher's normalised
+    embeddings. Each batch carries the teacher's inputs (`teacher_pixel_values`, `teacher_input_ids`,
+    `teacher_attention_mask`, from [`BreezeCLIPDistillationCollator`]) or its precomputed embeddings
+    (`teacher_image_embeds`, `teacher_text_embeds`, from [`precompute_teacher_embeddings`]); with the latter no
+    teacher is needed. The teacher stays on the trainer, not in the model, so checkpoints never hold it. The loss
+    terms are logged beside the loss.
+
+    Args:
+        teacher (`CLIPModel`, *optional*): the teacher; frozen and put in eval mode here.
+        All other arguments are the `Trainer`'s.
+    """
+
+    loss_is_scaled_for_ga = False  # `compute_loss` returns a per-batch mean
+
+    def __init__(self, model=None, args: BreezeCLIPDistillationArguments | None = None, teacher=None, **kwargs):
+        if args is not None and not isinstance(args, BreezeCLIPDistillationArguments):
+            raise TypeError(
+                f"`args` must be `BreezeCLIPDistillationArguments` (it holds the loss weights), got {type(args).__name__}."
+            )
+        super().__init__(model=model, args=args, **kwargs)
+        if teacher is not None:
+            teacher = teacher.to(self.args.device).eval().requires_grad_(False)
+        self.teacher = teacher
+        self.can_return_loss = True  # evaluation computes the loss although there are no labels
+        self._logged_loss_terms = defaultdict(list)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        teacher_inputs = {key: inputs.pop(key) for key in list(inputs) if key.startswith("teacher_")}
+        teacher_image_embeds, teacher_text_embeds = self._teacher_embeddings(teacher_inputs)
+        outputs = model(**inputs)
+
+        args = self.args
+        loss_terms = {}
+        if args.contrastive_weight:
+            loss_terms["contrastive_loss"] = image_text_contrastive_loss(outputs.logits_per_image)
+        if args.feature_distillation_weight:
+            teacher_dim, student_dim = teacher_image_embeds.shape[-1], outputs.image_distillation_embeds.shape[-1]
+            if teacher_dim != student_dim:
+                raise ValueError(
+                    f"The teacher's embeddings have {teacher_dim} dimensions and the student's {student_dim}: build the "
+                    f"student with `BreezeCLIPForDistillation(config, teacher_projection_dim={teacher_dim})`."
+                )
+            loss_terms["feature_distillation_loss"] = feature_distillation_loss(
+                outputs.image_distillation_embeds, teacher_image_embeds, args.feature_distillation_loss
+            ) + feature_distillation_loss(
+                outputs.text_distillation_embeds, teacher_text_embeds, args.feature_distillation_loss
+            )
+        if args.affinity_distillation_weight:
+            loss_terms["affinity_distillation_loss"] = affinity_distillation_loss(
+                outputs.image_embeds,
+                outputs.text_embeds,
+                teacher_image_embeds,
+                teacher_text_embeds,
+                args.affinity_temperature,
+            )
+        weights = {
+            "contrastive_loss": args.contrastive_weight,
+            "feature_distillation_loss": args.feature_distillation_weight,
+            "affinity_distillation_loss": args.affinity_distillation_weight,
+        }
+        if not loss_terms:
+            raise ValueError("Every loss weight is zero: set at least one of alpha, beta and the affinity weight.")
+        loss = sum(weights[name] * value for name, value in loss_terms.items())
+
+        if model.training:
+            for name, value in loss_terms.items():
+                self._logged_loss_terms[name].append(value.detach())
+        return (loss, outputs) if return_outputs else loss
+
+    @torch.no_grad()
+    def _teacher_embeddings(self, teacher_inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's L2-normalised image and text embeddings `(batch_size, teacher_dim)`."""
+        if "teacher_image_embeds" in teacher_inputs:
+            image_embeds, text_embeds = teacher_inputs["teacher_image_embeds"], teacher_inputs["teacher_text_embeds"]
+        else:
+            if self.teacher is None:
+                raise ValueError(
+                    "The batch holds the teacher's inputs but the trainer has no teacher: pass `teacher=` to the "
+                    "trainer, or precompute the teacher's embeddings with `precompute_teacher_embeddings`."
+                )
+            if "teacher_pixel_values" not in teacher_inputs:
+                raise ValueError(
+                    "The batch holds neither the teacher's inputs nor its embeddings: build batches with "
+                    "`BreezeCLIPDistillationCollator` (with `teacher_processor`, or on a dataset made by "
+                    "`precompute_teacher_embeddings`)."
+                )
+            image_embeds, text_embeds = _teacher_forward(
+                self.teacher,
+                teacher_inputs["teacher_pixel_values"],
+                teacher_inputs["teacher_input_ids"],
+                teacher_inputs.get("teacher_attention_mask"),
+            )
+        return F.normalize(image_embeds.float(), dim=-1), F.normalize(text_embeds.float(), dim=-1)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the mean of each loss term since the last log to training logs."""
+        if "loss" in logs and self._logged_loss_terms:
+            for name, values in self._logged_loss_terms.items():
+                mean = self.accelerator.gather(torch.stack(values).mean()[None]).mean()
+                logs[name] = round(mean.item(), 4)
+            self._logged_loss_terms.clear()
+        super().log(logs, start_time)
+
+
+def _teacher_forward(teacher, pixel_values, input_ids, attention_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A `CLIPModel`'s projected image and text embeddings `(batch_size, projection_dim)`, unnormalised."""
+    image_embeds = teacher.get_image_features(pixel_values=pixel_values.to(teacher.dtype)).pooler_output
+    text_embeds = teacher.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+    return image_embeds, text_embeds
+
+
+def _to_rgb_images(images: list) -> list:
+    """Images as RGB PIL images; paths and URLs are loaded."""
+    return [load_image(image).convert("RGB") if isinstance(image, str) else image.convert("RGB") for image in images]
+
+
+class BreezeCLIPDistillationCollator:
+    """
+    Makes stage-1 batches from rows holding an image (PIL image or path) and a caption: the student's inputs
+    (`pixel_values`, `input_ids`, `attention_mask`) with the student's image processor and tokenizer, and the
+    teacher's (`teacher_pixel_values`, `teacher_input_ids`, `teacher_attention_mask`) from the same raw image and
+    caption with the teacher's processor. Rows that hold precomputed `teacher_image_embeds`/`teacher_text_embeds`
+    give those instead, and the teacher's processor is not needed.
+
+    Args:
+        image_processor: the student's image processor (a [`BcQLMImageProcessor`]).
+        tokenizer: the student's text tokenizer (MobileBERT's).
+        teacher_processor (*optional*): the teacher's `CLIPProcessor`.
+        image_column (`str`, defaults to `"image"`), text_column (`str`, defaults to `"caption"`): the row keys.
+    """
+
+    def __init__(self, image_processor, tokenizer, teacher_processor=None, image_column="image", text_column="caption"):
+        self.image_processor = image_processor
+        self.tokenizer = tokenizer
+        self.teacher_processor = teacher_processor
+        self.image_column = image_column
+        self.text_column = text_column
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        for key in (self.image_column, self.text_column):
+            if key not in rows[0]:
+                raise KeyError(
+                    f"The rows have no {key!r} column (they have {sorted(rows[0])}): set `image_column`/`text_column`, "
+                    "and keep the raw columns with `remove_unused_columns=False`."
+                )
+        images = _to_rgb_images([row[self.image_column] for row in rows])
+        captions = [row[self.text_column] for row in rows]
+        text = self.tokenizer(
+            captions, padding=True, truncation=True, return_token_type_ids=False, return_tensors="pt"
+        )
+        batch = {
+            "pixel_values": self.image_processor(images, return_tensors="pt")["pixel_values"],
+            "input_ids": text["input_ids"],
+            "attention_mask": text["attention_mask"],
+        }
+        if "teacher_image_embeds" in rows[0]:
+            for key in ("teacher_image_embeds", "teacher_text_embeds"):
+                batch[key] = torch.tensor(np.array([row[key] for row in rows]), dtype=torch.float32)
+        elif self.teacher_processor is not None:
+            teacher = self.teacher_processor(
+                images=images, text=captions, padding=True, truncation=True, return_tensors="pt"
+            )
+            batch["teacher_pixel_values"] = teacher["pixel_values"]
+            batch["teacher_input_ids"] = teacher["input_ids"]
+            batch["teacher_attention_mask"] = teacher["attention_mask"]
+        else:
+            raise ValueError(
+                "The rows hold no precomputed teacher embeddings and no `teacher_processor` was given: pass the "
+                "teacher's processor, or run `precompute_teacher_embeddings` on the dataset first."
+            )
+        return batch
+
+
+def _teacher_fingerprint(teacher, teacher_processor, image_column, text_column) -> str:
+    """A hash of the teacher's weights and configuration and of the processor, to name the cached embeddings."""
+    digest = hashlib.sha256()
+    digest.update(teacher.config.to_json_string().encode())
+    digest.update(json.dumps(teacher_processor.to_dict(), sort_keys=True, default=str).encode())
+    digest.update(f"{image_column}|{text_column}".encode())
+    for name, tensor in teacher.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def precompute_teacher_embeddings(
+    dataset,
+    teacher,
+    teacher_processor,
+    image_column: str = "image",
+    text_column: str = "caption",
+    batch_size: int = 64,
+    cache_dir: str | None = None,
+):
+    """
+    Run the teacher once over a `datasets.Dataset` and add its projected embeddings as the columns
+    `teacher_image_embeds` and `teacher_text_embeds` (lists of floats, `teacher_dim` long), so that distillation does
+    not run the teacher at every step. The result is cached by `datasets` (in the dataset's cache folder when it was
+    loaded from files, or in `cache_dir`), keyed by the dataset and by a hash of the teacher's weights,
+    configuration and processor: a second call with the same teacher and data loads it instead of recomputing. Pass
+    `cache_dir` to cache an in-memory dataset's embeddings (the file name holds that key).
+    """
+    fingerprint = hashlib.sha256(
+        f"{dataset._fingerprint}|{_teacher_fingerprint(teacher, teacher_processor, image_column, text_column)}".encode()
+    ).hexdigest()[:16]
+    teacher = teacher.eval()
+
+    def embed(batch):
+        inputs = teacher_processor(
+            images=_to_rgb_images(batch[image_column]),
+            text=batch[text_column],
+            padding=True,
+            truncation=True,
+            return_tensors="pt",
+        ).to(teacher.device)
+        with torch.no_grad():
+            image_embeds, text_embeds = _teacher_forward(
+                teacher, inputs["pixel_values"], inputs["input_ids"], inputs.get("attention_mask")
+            )
+        return {
+            "teacher_image_embeds": image_embeds.float().cpu().numpy(),
+            "teacher_text_embeds": text_embeds.float().cpu().numpy(),
+        }
+
+    return dataset.map(
+        embed,
+        batched=True,
+        batch_size=batch_size,
+        new_fingerprint=fingerprint,
+        cache_file_name=os.path.join(cache_dir, f"teacher_embeddings-{fingerprint}.arrow") if cache_dir else None,
+        desc="Teacher embeddings",
+    )
+
+
+class BcQLMVQACollator:
+    """
+    Makes stage-2 batches for [`BcQLMForConditionalGeneration`] from rows holding an image, a question and an answer.
+    Each sequence is the processor's prompt (`<image>` expanded, `"Question: {question}\nAnswer:"`), then `" " +
+    answer` and the end-of-text token; `labels` are -100 everywhere but on the answer's tokens and the end-of-text
+    token, so only the answer counts. Sequences are right-padded (positions match generation's left-padded prompts,
+    which take their positions from the attention mask).
+
+    Args:
+        processor ([`BcQLMProcessor`]): the model's processor.
+        image_column, question_column, answer_column (`str`): the row keys (`"image"`, `"question"`, `"answer"`).
+        max_answer_tokens (`int`, *optional*): answers are truncated to this many tokens (before end-of-text).
+    """
+
+    def __init__(
+        self,
+        processor,
+        image_column: str = "image",
+        question_column: str = "question",
+        answer_column: str = "answer",
+        max_answer_tokens: int | None = None,
+    ):
+        tokenizer = processor.tokenizer
+        if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
+            raise ValueError(
+                "The decoder tokenizer needs an end-of-text and a padding token for training: set "
+                "`tokenizer.eos_token` and `tokenizer.pad_token` (Llama-3 has no pad token: e.g. add '<|pad|>' or "
+                "use a reserved special token)."
+            )
+        self.processor = processor
+        self.image_column = image_column
+        self.question_column = question_column
+        self.answer_column = answer_column
+        self.max_answer_tokens = max_answer_tokens
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        for key in (self.image_column, self.question_column, self.answer_column):
+            if key not in rows[0]:
+                raise KeyError(
+                    f"The rows have no {key!r} column (they have {sorted(rows[0])}): set the collator's column names, "
+                    "and keep the raw columns with `remove_unused_columns=False`."
+                )
+        tokenizer = self.processor.tokenizer
+        images = _to_rgb_images([row[self.image_column] for row in rows])
+        prompts = self.processor(
+            images=images, text=[row[self.question_column] for row in rows], padding=False, return_tensors=None
+        )
+        answers = tokenizer(
+            [" " + str(row[self.answer_column]).strip() for row in rows], add_special_tokens=False
+        )["input_ids"]
+
+        sequences, labels = [], []
+        for prompt_ids, answer_ids in zip(prompts["input_ids"], answers):
+            answer_ids = answer_ids[: self.max_answer_tokens] + [tokenizer.eos_token_id]
+            sequences.append(list(prompt_ids) + answer_ids)
+            labels.append([-100] * len(prompt_ids) + answer_ids)
+        length = max(map(len, sequences))
+        input_ids = torch.full((len(rows), length), tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        label_ids = torch.full((len(rows), length), -100, dtype=torch.long)
+        for index, (sequence, sequence_labels) in enumerate(zip(sequences, labels)):
+            input_ids[index, : len(sequence)] = torch.tensor(sequence)
+            attention_mask[index, : len(sequence)] = 1
+            label_ids[index, : len(sequence)] = torch.tensor(sequence_labels)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": label_ids,
+            "pixel_values": torch.as_tensor(np.array(prompts["pixel_values"])),
+            "question_input_ids": torch.tensor(prompts["question_input_ids"]),
+            "question_attention_mask": torch.tensor(prompts["question_attention_mask"]),
+        }
+
+
+DECODER_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def add_decoder_lora(model, r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.05, target_modules=None):
+    """
+    Wrap a [`BcQLMForConditionalGeneration`] in a `peft` LoRA model: LoRA on the decoder's linear layers only (Q-GCAM's
+    projections share some names, so the targets are matched under `model.language_model`), with the visual adapter
+    and Q-GCAM fully trained (`modules_to_save`), BreezeCLIP and the decoder's own weights frozen. After training,
+    `merge_and_unload()` gives back a plain `BcQLMForConditionalGeneration`.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    model.freeze_for_stage2(decoder_in_eval_mode=False)
+    targets = "|".join(target_modules or DECODER_LORA_TARGETS)
+    config = LoraConfig(
+        r=r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        target_modules=rf".*\.language_model\..*\.({targets})",
+        modules_to_save=["visual_adapter", "qgcam"],
+    )
+    return get_peft_model(model, config)
+
+
+__all__ = [
+    "BcQLMVQACollator",
+    "BreezeCLIPDistillationArguments",
+    "BreezeCLIPDistillationCollator",
+    "BreezeCLIPDistillationOutput",
+    "BreezeCLIPDistillationTrainer",
+    "BreezeCLIPForDistillation",
+    "add_decoder_lora",
+    "affinity_distillation_loss",
+    "feature_distillation_loss",
+    "precompute_teacher_embeddings",
+]

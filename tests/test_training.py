@@ -1,0 +1,429 @@
+"""Stage-1 distillation and stage-2 VQA training through the `transformers` `Trainer`, on tiny models and data."""
+
+import math
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from modeling_bcqlm import BreezeCLIPModel
+from modeling_bcqlm.training_bcqlm import (
+    BcQLMVQACollator,
+    BreezeCLIPDistillationArguments,
+    BreezeCLIPDistillationCollator,
+    BreezeCLIPDistillationTrainer,
+    BreezeCLIPForDistillation,
+    add_decoder_lora,
+    affinity_distillation_loss,
+    feature_distillation_loss,
+    precompute_teacher_embeddings,
+)
+
+from .helpers import make_image, make_model_and_processor
+from .tiny import make_breezeclip_processing, make_tiny_clip_teacher, tiny_breezeclip_config
+
+
+COLOURS = ["red", "blue", "green", "brown"]
+
+
+def make_caption_dataset(size: int = 8) -> datasets.Dataset:
+    images = [make_image((40, 32), seed=index) for index in range(size)]
+    captions = [f"a {COLOURS[index % 4]} car and {index % 3 + 1} dogs" for index in range(size)]
+    return datasets.Dataset.from_dict({"image": images, "caption": captions})
+
+
+def make_vqa_dataset(size: int = 8) -> datasets.Dataset:
+    images = [make_image((40, 32), seed=index) for index in range(size)]
+    return datasets.Dataset.from_dict(
+        {
+            "image": images,
+            "question": ["What colour is the car?"] * size,
+            "answer": [f"The car is {COLOURS[index % 4]}." for index in range(size)],
+        }
+    )
+
+
+def distillation_args(tmp_path: Path, **kwargs) -> BreezeCLIPDistillationArguments:
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=8,
+        learning_rate=1e-3,
+        max_steps=6,
+        logging_steps=2,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        data_seed=0,
+    )
+    return BreezeCLIPDistillationArguments(**{**defaults, **kwargs})
+
+
+def make_student(teacher_projection_dim: int | None = None, seed: int = 0) -> BreezeCLIPForDistillation:
+    torch.manual_seed(seed)
+    return BreezeCLIPForDistillation(tiny_breezeclip_config(), teacher_projection_dim=teacher_projection_dim)
+
+
+@pytest.fixture(scope="module")
+def teacher_and_processor():
+    torch.manual_seed(1)
+    return make_tiny_clip_teacher(projection_dim=20)
+
+
+@pytest.fixture(scope="module")
+def student_collator(teacher_and_processor):
+    image_processor, tokenizer = make_breezeclip_processing()
+    return BreezeCLIPDistillationCollator(image_processor, tokenizer, teacher_processor=teacher_and_processor[1])
+
+
+# Losses on hand-computable cases.
+
+
+def test_feature_distillation_loss_by_hand():
+    student, teacher = torch.tensor([[0.6, 0.8], [1.0, 0.0]]), torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    # MSE over the 4 elements: (0.4^2 + 0.8^2 + 0 + 0) / 4 = 0.2; cosine: mean(1 - 0.6, 1 - 1) = 0.2.
+    assert feature_distillation_loss(student, teacher, "mse").item() == pytest.approx(0.2)
+    assert feature_distillation_loss(student, teacher, "cosine").item() == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="'mse'"):
+        feature_distillation_loss(student, teacher, "l1")
+
+
+def test_affinity_distillation_loss_by_hand():
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    # Student: every image is e1, every text e2, so all similarities are 0 and each distribution is uniform.
+    student_images, student_texts = torch.stack([e1, e1]), torch.stack([e2, e2])
+    # Teacher with images = texts = (e1, e2): similarities I, so each row and column is softmax([1, 0]) at T = 1.
+    p = math.e / (1 + math.e)
+    kl_to_uniform = p * math.log(2 * p) + (1 - p) * math.log(2 * (1 - p))  # ~ 0.1109
+    teacher = torch.stack([e1, e2])
+    loss = affinity_distillation_loss(student_images, student_texts, teacher, teacher, temperature=1.0)
+    assert loss.item() == pytest.approx(kl_to_uniform, rel=1e-5)
+
+    # Teacher images (e1, e1), texts (e1, e2): rows are softmax([1, 0]); columns are [1, 1] and [0, 0], uniform, so the
+    # text-to-image direction adds 0 and the mean of the two directions is half the image-to-text KL.
+    loss = affinity_distillation_loss(
+        student_images, student_texts, torch.stack([e1, e1]), torch.stack([e1, e2]), temperature=1.0
+    )
+    assert loss.item() == pytest.approx(kl_to_uniform / 2, rel=1e-5)
+
+    # A sharper temperature: rows softmax([10, 0]).
+    q = 1 / (1 + math.exp(-10))
+    loss = affinity_distillation_loss(student_images, student_texts, teacher, teacher, temperature=0.1)
+    assert loss.item() == pytest.approx(q * math.log(2 * q) + (1 - q) * math.log(2 * (1 - q)), rel=1e-5)
+    assert affinity_distillation_loss(teacher, teacher, teacher, teacher, 0.07).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_total_loss_weights_each_term(tmp_path, teacher_and_processor, student_collator):
+    teacher, _ = teacher_and_processor
+    batch = student_collator([make_caption_dataset()[index] for index in range(4)])
+    student = make_student(teacher_projection_dim=20).eval()
+    with torch.no_grad():
+        outputs = student(
+            input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], attention_mask=batch["attention_mask"]
+        )
+        teacher_images = F.normalize(teacher.get_image_features(pixel_values=batch["teacher_pixel_values"]).pooler_output)
+        teacher_texts = F.normalize(
+            teacher.get_text_features(
+                input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"]
+            ).pooler_output
+        )
+    logits = outputs.logits_per_image
+    targets = torch.arange(4)
+    contrastive = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
+    feature = ((outputs.image_distillation_embeds - teacher_images) ** 2).mean() + (
+        (outputs.text_distillation_embeds - teacher_texts) ** 2
+    ).mean()
+    affinity = affinity_distillation_loss(outputs.image_embeds, outputs.text_embeds, teacher_images, teacher_texts, 0.5)
+
+    for weights, expected in [((2.0, 0.0, 0.0), 2 * contrastive), ((0.0, 3.0, 0.0), 3 * feature), ((1.0, 1.0, 0.5), contrastive + feature + 0.5 * affinity)]:
+        args = distillation_args(
+            tmp_path,
+            contrastive_weight=weights[0],
+            feature_distillation_weight=weights[1],
+            affinity_distillation_weight=weights[2],
+            affinity_temperature=0.5,
+        )
+        trainer = BreezeCLIPDistillationTrainer(model=student, args=args, teacher=teacher, data_collator=student_collator)
+        with torch.no_grad():
+            loss = trainer.compute_loss(student, dict(batch))
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_student_and_teacher_sizes(tmp_path, teacher_and_processor, student_collator):
+    student = make_student(teacher_projection_dim=20)
+    assert student.image_distillation_projection.weight.shape == (20, 24)
+    assert make_student().image_distillation_projection is None  # same size: no projection
+    batch = student_collator([make_caption_dataset()[index] for index in range(2)])
+    trainer = BreezeCLIPDistillationTrainer(
+        model=make_student(), args=distillation_args(tmp_path), teacher=teacher_and_processor[0]
+    )
+    with pytest.raises(ValueError, match="teacher_projection_dim=20"):
+        trainer.compute_loss(trainer.model, dict(batch))
+    with pytest.raises(TypeError, match="BreezeCLIPDistillationArguments"):
+        BreezeCLIPDistillationTrainer(model=student, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True))
+    with pytest.raises(ValueError, match="'cosine'"):
+        distillation_args(tmp_path, feature_distillation_loss="l2")
+
+
+def test_collator_errors(student_collator):
+    rows = [make_caption_dataset()[0]]
+    image_processor, tokenizer = make_breezeclip_processing()
+    with pytest.raises(ValueError, match="precompute_teacher_embeddings"):
+        BreezeCLIPDistillationCollator(image_processor, tokenizer)(rows)
+    with pytest.raises(KeyError, match="remove_unused_columns=False"):
+        student_collator([{"image": rows[0]["image"], "text": "a car"}])
+
+
+# Training.
+
+
+def test_distillation_lowers_the_loss_and_never_saves_the_teacher(tmp_path, teacher_and_processor, student_collator):
+    teacher, _ = teacher_and_processor
+    dataset = make_caption_dataset()
+    args = distillation_args(
+        tmp_path, max_steps=12, save_strategy="steps", save_steps=12, affinity_distillation_weight=1.0
+    )
+    student = make_student(teacher_projection_dim=20)
+    trainer = BreezeCLIPDistillationTrainer(
+        model=student,
+        args=args,
+        teacher=teacher,
+        train_dataset=dataset,
+        eval_dataset=dataset,
+        data_collator=student_collator,
+    )
+    before = trainer.evaluate()["eval_loss"]
+    trainer.train()
+    after = trainer.evaluate()["eval_loss"]
+    assert after < before
+
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert {"contrastive_loss", "feature_distillation_loss", "affinity_distillation_loss"} <= set(logged[-1])
+
+    checkpoint = Path(args.output_dir) / "checkpoint-12"
+    saved = load_file(checkpoint / "model.safetensors")
+    assert set(saved) == set(student.state_dict())  # the student and its projections only
+    assert not any(name.startswith("teacher") or "text_model.encoder.layers" in name for name in saved)
+    # The checkpoint loads as a plain BreezeCLIP, the projections dropped.
+    loaded = BreezeCLIPModel.from_pretrained(checkpoint)
+    for name, tensor in student.breezeclip.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor, rtol=0, atol=0)
+
+
+def test_precomputed_teacher_embeddings_train_like_the_online_teacher(
+    tmp_path, teacher_and_processor, student_collator
+):
+    teacher, teacher_processor = teacher_and_processor
+    dataset = make_caption_dataset()
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    precomputed = precompute_teacher_embeddings(dataset, teacher, teacher_processor, batch_size=3, cache_dir=str(cache_dir))
+    with torch.no_grad():
+        inputs = teacher_processor(images=list(dataset["image"]), text=list(dataset["caption"]), padding=True, return_tensors="pt")
+        expected = teacher.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
+    torch.testing.assert_close(torch.tensor(precomputed["teacher_image_embeds"]), expected, rtol=1e-5, atol=1e-5)
+
+    # A second call reads the cache instead of running the teacher; other teacher weights miss it.
+    calls = []
+    hook = teacher.vision_model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        again = precompute_teacher_embeddings(dataset, teacher, teacher_processor, batch_size=3, cache_dir=str(cache_dir))
+        assert not calls
+        assert again["teacher_text_embeds"] == precomputed["teacher_text_embeds"]
+        other_teacher, _ = make_tiny_clip_teacher(projection_dim=20)
+        other_teacher.vision_model.register_forward_hook(lambda *_: calls.append(1))
+        precompute_teacher_embeddings(dataset, other_teacher, teacher_processor, batch_size=3, cache_dir=str(cache_dir))
+        assert calls
+    finally:
+        hook.remove()
+
+    image_processor, tokenizer = make_breezeclip_processing()
+    offline_collator = BreezeCLIPDistillationCollator(image_processor, tokenizer)
+    weights = []
+    for train_dataset, collator, trainer_teacher in [
+        (dataset, student_collator, teacher),
+        (precomputed, offline_collator, None),
+    ]:
+        student = make_student(teacher_projection_dim=20)
+        trainer = BreezeCLIPDistillationTrainer(
+            model=student,
+            # SGD: Adam's first steps are sign-like and would blow float rounding up on near-zero gradients.
+            args=distillation_args(tmp_path, affinity_distillation_weight=1.0, optim="sgd", learning_rate=0.05),
+            teacher=trainer_teacher,
+            train_dataset=train_dataset,
+            data_collator=collator,
+        )
+        trainer.train()
+        weights.append(student.state_dict())
+    for name, tensor in weights[0].items():
+        torch.testing.assert_close(weights[1][name], tensor, rtol=1e-4, atol=1e-5)
+
+
+class StopAtStep(TrainerCallback):
+    """Stops training after `step` optimizer steps, as if the run were killed right after its checkpoint."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+        return control
+
+
+def assert_resumed_run_matches(make_trainer, tmp_path: Path):
+    """Train 6 steps; then train with a stop at step 3 (its checkpoint saved), resume it, and compare weights."""
+    uninterrupted = make_trainer(tmp_path / "uninterrupted")
+    uninterrupted.train()
+
+    killed = make_trainer(tmp_path / "resumed")
+    killed.add_callback(StopAtStep(3))
+    killed.train()
+    assert killed.state.global_step == 3
+    resumed = make_trainer(tmp_path / "resumed")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-3"))
+    assert resumed.state.global_step == 6
+
+    expected = uninterrupted.model.state_dict()
+    for name, tensor in resumed.model.state_dict().items():
+        torch.testing.assert_close(tensor, expected[name], rtol=1e-6, atol=1e-6, msg=f"{name} differs")
+
+
+def test_distillation_resumes_to_the_same_weights(tmp_path, teacher_and_processor, student_collator):
+    teacher, _ = teacher_and_processor
+    dataset = make_caption_dataset(12)
+
+    def make_trainer(output_dir):
+        args = distillation_args(
+            tmp_path, output_dir=str(output_dir), save_strategy="steps", save_steps=3, num_train_epochs=2, max_steps=-1
+        )
+        return BreezeCLIPDistillationTrainer(
+            model=make_student(teacher_projection_dim=20),
+            args=args,
+            teacher=teacher,
+            train_dataset=dataset,
+            data_collator=student_collator,
+        )
+
+    assert_resumed_run_matches(make_trainer, tmp_path)
+
+
+# Stage 2.
+
+
+def test_vqa_collator_masks_everything_but_the_answer():
+    model, processor = make_model_and_processor()
+    collator = BcQLMVQACollator(processor)
+    rows = [
+        {"image": make_image(), "question": "What colour is the car?", "answer": "The car is red."},
+        {"image": make_image(seed=1), "question": "Is it raining?", "answer": "Yes"},
+    ]
+    batch = collator(rows)
+    tokenizer = processor.tokenizer
+    for index, row in enumerate(rows):
+        prompt_ids = processor(images=row["image"], text=row["question"], return_tensors="pt")["input_ids"][0]
+        length = int(batch["attention_mask"][index].sum())
+        ids = batch["input_ids"][index]
+        assert batch["attention_mask"][index, :length].all()  # right-padded
+        assert (ids[length:] == tokenizer.pad_token_id).all()
+        assert ids[: len(prompt_ids)].tolist() == prompt_ids.tolist()
+        answer_positions = batch["labels"][index] != -100
+        assert answer_positions.nonzero().min() == len(prompt_ids)
+        assert tokenizer.decode(batch["labels"][index][answer_positions]) == " " + row["answer"] + tokenizer.eos_token
+        assert (batch["labels"][index][answer_positions] == ids[answer_positions]).all()
+    assert batch["pixel_values"].shape == (2, 3, 64, 64)
+    expected = processor(images=[row["image"] for row in rows], text=[row["question"] for row in rows], return_tensors="pt")
+    assert torch.equal(batch["question_input_ids"], expected["question_input_ids"])
+    torch.testing.assert_close(batch["pixel_values"], expected["pixel_values"])
+
+    # The loss on the right-padded batch is the loss of each example alone.
+    with torch.no_grad():
+        batch_loss = model(**batch).loss
+        single = [collator([row]) for row in rows]
+        per_example = [model(**example).loss * (example["labels"] != -100).sum() for example in single]
+    num_answer_tokens = (batch["labels"] != -100).sum()
+    torch.testing.assert_close(batch_loss, sum(per_example) / num_answer_tokens, rtol=1e-5, atol=1e-6)
+
+
+def vqa_args(output_dir, **kwargs) -> TrainingArguments:
+    defaults = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=4,
+        learning_rate=3e-3,
+        max_steps=8,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        seed=0,
+    )
+    return TrainingArguments(**{**defaults, **kwargs})
+
+
+def test_stage2_trains_only_the_adapter_and_qgcam(tmp_path):
+    model, processor = make_model_and_processor(std=0.05)
+    model.freeze_for_stage2()
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    dataset = make_vqa_dataset()
+    collator = BcQLMVQACollator(processor)
+    trainer = Trainer(
+        model=model, args=vqa_args(tmp_path), train_dataset=dataset, eval_dataset=dataset, data_collator=collator
+    )
+    loss_before = trainer.evaluate()["eval_loss"]
+    trainer.train()
+    assert trainer.evaluate()["eval_loss"] < loss_before
+    for name, tensor in model.state_dict().items():
+        trained = name.startswith(("model.visual_adapter.", "model.qgcam."))
+        assert torch.equal(tensor, before[name]) != trained, name
+
+
+def test_lora_trains_the_decoder_adapters_and_merges(tmp_path):
+    model, processor = make_model_and_processor(std=0.05)
+    base_decoder = {name: tensor.clone() for name, tensor in model.model.language_model.state_dict().items()}
+    peft_model = add_decoder_lora(model, r=4, lora_alpha=8)
+    trainable = [name for name, param in peft_model.named_parameters() if param.requires_grad]
+    assert any("lora_" in name and "language_model" in name for name in trainable)
+    assert not any("lora_" in name and "qgcam" in name for name in trainable)  # Q-GCAM trains fully, no LoRA in it
+    assert not any("breezeclip" in name for name in trainable)
+    assert any("qgcam" in name for name in trainable) and any("visual_adapter" in name for name in trainable)
+
+    dataset = make_vqa_dataset()
+    trainer = Trainer(
+        model=peft_model,
+        args=vqa_args(tmp_path),
+        train_dataset=dataset,
+        eval_dataset=dataset,
+        data_collator=BcQLMVQACollator(processor),
+    )
+    loss_before = trainer.evaluate()["eval_loss"]
+    trainer.train()
+    assert trainer.evaluate()["eval_loss"] < loss_before
+
+    batch = BcQLMVQACollator(processor)([dataset[0], dataset[1]])
+    peft_model.eval()
+    with torch.no_grad():
+        expected = peft_model(**batch).logits
+        merged = peft_model.merge_and_unload()
+        assert type(merged).__name__ == "BcQLMForConditionalGeneration"
+        torch.testing.assert_close(merged(**batch).logits, expected, rtol=1e-4, atol=1e-5)
+    changed = [name for name, tensor in merged.model.language_model.state_dict().items() if not torch.equal(tensor, base_decoder[name])]
+    assert changed and all(name.endswith("proj.weight") for name in changed)
+
+
+def test_vqa_training_resumes_to_the_same_weights(tmp_path):
+    dataset = make_vqa_dataset(12)
+
+    def make_trainer(output_dir):
+        model, processor = make_model_and_processor(std=0.05)
+        model.freeze_for_stage2()
+        args = vqa_args(output_dir, max_steps=-1, num_train_epochs=2, save_strategy="steps", save_steps=3)
+        return Trainer(model=model, args=args, train_dataset=dataset, data_collator=BcQLMVQACollator(processor))
+
+    assert_resumed_run_matches(make_trainer, tmp_path)
