@@ -213,25 +213,7 @@ def load_vqa_file(
     `answer_type` or `question_type`.
     """
     _check_on_missing_image(on_missing_image)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No such VQA file: {path}.")
-    extension = os.path.splitext(path)[1].lower()
-    if extension == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            records = [_parse_json_line(line, path, number) for number, line in enumerate(f, 1) if line.strip()]
-    elif extension == ".csv":
-        with open(path, encoding="utf-8", newline="") as f:
-            records = list(csv.DictReader(f))
-        for record in records:
-            if record.get("answers"):
-                record["answers"] = _parse_csv_answers(record["answers"], path)
-    elif extension == ".json":
-        records = _load_json(path)
-        if not (isinstance(records, list) and all(isinstance(record, dict) for record in records)):
-            raise ValueError(f"{path} is not a list of VQA records: found {_describe_layout(records)}.")
-    else:
-        raise ValueError(f"Cannot read {path}: VQA files are .jsonl, .csv or .json, got '{extension}'.")
-
+    records = _read_records(path, "VQA", json_list_columns=("answers",))
     image_root = os.path.dirname(os.path.abspath(path)) if image_root is None else image_root
     rows = []
     for index, record in enumerate(records):
@@ -244,6 +226,35 @@ def load_vqa_file(
         row["image"] = os.path.join(image_root, os.path.expanduser(record[image_column]))
         rows.append(row)
     return _build_dataset(rows, on_missing_image)
+
+
+def load_caption_file(
+    path: str,
+    image_root: str | None = None,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    *,
+    on_missing_image: str = "raise",
+) -> Dataset:
+    """
+    Loads image-caption pairs for BreezeCLIP's distillation from a `.jsonl`, `.csv` or `.json` file whose rows hold an
+    image path (in `image_column`, relative to `image_root`, which defaults to the file's folder, or absolute) and a
+    caption. Returns a `datasets.Dataset` with an `image` (`datasets.Image()`) and a `caption` column; missing or
+    unreadable images are handled as by the VQA loaders.
+    """
+    _check_on_missing_image(on_missing_image)
+    records = _read_records(path, "caption")
+    image_root = os.path.dirname(os.path.abspath(path)) if image_root is None else image_root
+    for index, record in enumerate(records):
+        missing = [key for key in (image_column, caption_column) if key not in record]
+        if missing:
+            raise ValueError(f"Row {index} of {path} has no {', '.join(missing)}: found keys {sorted(record)}.")
+    paths = [os.path.abspath(os.path.join(image_root, os.path.expanduser(record[image_column]))) for record in records]
+    keep = _check_images(paths, on_missing_image)
+    return Dataset.from_dict(
+        {"image": [paths[index] for index in keep], "caption": [str(records[index][caption_column]) for index in keep]},
+        features=Features({"image": Image(), "caption": Value("string")}),
+    )
 
 
 def normalize_vqa_columns(
@@ -361,6 +372,30 @@ def _has_column(metadata_file, column):
     if metadata_file.endswith(".csv"):
         return column in next(csv.reader([first_line]), [])
     return bool(first_line.strip()) and column in json.loads(first_line)
+
+
+def _read_records(path, what, json_list_columns=()):
+    """The records of a `.jsonl`, `.csv` (with a header; `json_list_columns` hold JSON lists) or `.json` file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No such {what} file: {path}.")
+    extension = os.path.splitext(path)[1].lower()
+    if extension == ".jsonl":
+        with open(path, encoding="utf-8") as f:
+            records = [_parse_json_line(line, path, number) for number, line in enumerate(f, 1) if line.strip()]
+    elif extension == ".csv":
+        with open(path, encoding="utf-8", newline="") as f:
+            records = list(csv.DictReader(f))
+        for record in records:
+            for column in json_list_columns:
+                if record.get(column):
+                    record[column] = _parse_csv_answers(record[column], path)
+    elif extension == ".json":
+        records = _load_json(path)
+        if not (isinstance(records, list) and all(isinstance(record, dict) for record in records)):
+            raise ValueError(f"{path} is not a list of {what} records: found {_describe_layout(records)}.")
+    else:
+        raise ValueError(f"Cannot read {path}: {what} files are .jsonl, .csv or .json, got '{extension}'.")
+    return records
 
 
 def _normalize_fields(record, index):

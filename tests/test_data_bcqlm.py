@@ -10,6 +10,7 @@ from PIL import Image
 
 from modeling_bcqlm.data_bcqlm import (
     VQA_FEATURES,
+    load_caption_file,
     load_gqa,
     load_vizwiz,
     load_vqa_dataset,
@@ -422,3 +423,34 @@ def test_load_vqa_dataset_folders(plain_images, tmp_path):
     )
     dataset = load_vqa_dataset(str(parquet), cache_dir=str(tmp_path / "cache"))
     assert dataset["answers"] == [["cat"]]
+
+
+def test_load_caption_file(tmp_path, caplog):
+    images = tmp_path / "images"
+    images.mkdir()
+    red = write_image(images / "red.png")
+    write_corrupt_image(images / "broken.png")
+    rows = [
+        {"file": "red.png", "text": "a red square"},
+        {"file": "missing.png", "text": "nothing"},
+        {"file": "broken.png", "text": "broken"},
+    ]
+    path = tmp_path / "captions.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["file", "text"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+    with pytest.raises(ValueError, match=r"2 image\(s\) used by 2 of 3 rows"):
+        load_caption_file(str(path), str(images), image_column="file", caption_column="text")
+    with caplog.at_level(logging.WARNING):
+        dataset = load_caption_file(
+            str(path), str(images), image_column="file", caption_column="text", on_missing_image="skip"
+        )
+    assert "2 image(s)" in caplog.text
+    assert dataset["caption"] == ["a red square"]
+    assert dataset.features["image"] == ImageFeature()
+    assert dataset.cast_column("image", ImageFeature(decode=False))[0]["image"]["path"] == red
+    assert dataset[0]["image"].getpixel((0, 0)) == (255, 0, 0)
+    with pytest.raises(ValueError, match="Row 0 of .* has no caption"):
+        load_caption_file(str(path), str(images), image_column="file")

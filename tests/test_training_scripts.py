@@ -1,0 +1,199 @@
+"""The training and evaluation scripts of `examples/`, end to end on tiny models and generated data."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel
+
+from examples import distill_breezeclip, evaluate_vqa, train_vqa
+from modeling_bcqlm import BcQLMForConditionalGeneration, BcQLMProcessor, BreezeCLIPModel
+from modeling_bcqlm.vqa_accuracy import exact_match_score, vqa_score
+
+from .helpers import make_image, make_model_and_processor
+from .tiny import make_breezeclip_processing, make_tiny_clip_teacher, tiny_breezeclip_config
+
+
+REPO = Path(__file__).resolve().parents[1]
+COLOURS = ["red", "blue", "green", "brown"]
+COMMON = ["--use_cpu", "--report_to", "none", "--disable_tqdm", "true", "--seed", "0", "--logging_steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """12 images with captions (captions.jsonl) and a question each (vqa.jsonl, with a type and 3 answers)."""
+    root = tmp_path_factory.mktemp("data")
+    (root / "images").mkdir()
+    captions, questions = [], []
+    for index in range(12):
+        make_image((40, 32), seed=index).save(root / "images" / f"{index}.png")
+        colour = COLOURS[index % 4]
+        captions.append({"image": f"images/{index}.png", "caption": f"a {colour} car and {index % 3 + 1} dogs"})
+        questions.append(
+            {
+                "image": f"images/{index}.png",
+                "question": "What colour is the car?" if index % 2 else "How many dogs are there?",
+                "answer": colour if index % 2 else str(index % 3 + 1),
+                "answers": [colour, colour, "red"] if index % 2 else [str(index % 3 + 1)] * 3,
+                "question_type": "other" if index % 2 else "number",
+            }
+        )
+    for name, rows in [("captions.jsonl", captions), ("vqa.jsonl", questions)]:
+        (root / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return root
+
+
+@pytest.fixture(scope="module")
+def bcqlm_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("bcqlm")
+    model, processor = make_model_and_processor(std=0.05)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def test_distill_breezeclip_script_trains_saves_and_resumes(tmp_path, data):
+    teacher, teacher_processor = make_tiny_clip_teacher(projection_dim=20)
+    teacher.save_pretrained(tmp_path / "teacher")
+    teacher_processor.save_pretrained(tmp_path / "teacher")
+    tiny_breezeclip_config().to_json_file(tmp_path / "student.json")
+    make_breezeclip_processing()[1].save_pretrained(tmp_path / "student_tokenizer")
+    output_dir = tmp_path / "breezeclip"
+    args = [
+        "--teacher_name_or_path", str(tmp_path / "teacher"),
+        "--student_config", str(tmp_path / "student.json"),
+        "--student_tokenizer", str(tmp_path / "student_tokenizer"),
+        "--train_file", str(data / "captions.jsonl"),
+        "--validation_file", str(data / "captions.jsonl"),
+        "--output_dir", str(output_dir),
+        "--per_device_train_batch_size", "4",
+        "--learning_rate", "1e-3",
+        "--save_steps", "3",
+        "--affinity_distillation_weight", "0.5",
+        *COMMON,
+    ]  # fmt: skip
+    results = distill_breezeclip.main(args + ["--max_steps", "3"])
+    assert results["eval_loss"] < results["initial_eval_loss"]
+    assert json.loads((output_dir / "all_results.json").read_text())["eval_loss"] == results["eval_loss"]
+
+    # The output folder is a BreezeCLIP with its processing classes; checkpoints hold the student only.
+    student = AutoModel.from_pretrained(output_dir)
+    assert isinstance(student, BreezeCLIPModel)
+    checkpoint = load_file(output_dir / "checkpoint-3" / "model.safetensors")
+    assert all(name.startswith(("breezeclip.", "image_distillation_projection.", "text_distillation_projection.")) for name in checkpoint)
+
+    # Resume from the step-3 checkpoint to step 6, with the teacher's embeddings precomputed and cached.
+    results = distill_breezeclip.main(
+        args + ["--max_steps", "6", "--resume_from_checkpoint", str(output_dir / "checkpoint-3"), "--precompute_teacher_embeddings"]
+    )
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+    assert results["teacher_precompute_seconds"] > 0
+    assert list((output_dir / "teacher_embeddings").glob("teacher_embeddings-*.arrow"))
+    # Started from the same student folder, the script fine-tunes it.
+    results = distill_breezeclip.main(
+        [arg if arg != str(output_dir) else str(tmp_path / "again") for arg in args[4:]]
+        + ["--teacher_name_or_path", str(tmp_path / "teacher"), "--student_name_or_path", str(output_dir), "--max_steps", "1"]
+    )
+    assert results["train_loss"] > 0
+
+
+def test_train_and_evaluate_vqa_scripts(tmp_path, data, bcqlm_folder):
+    output_dir = tmp_path / "vqa"
+    args = [
+        "--model_name_or_path", str(bcqlm_folder),
+        "--train_data", str(data / "vqa.jsonl"),
+        "--validation_data", str(data / "vqa.jsonl"),
+        "--output_dir", str(output_dir),
+        "--per_device_train_batch_size", "4",
+        "--learning_rate", "3e-3",
+        "--max_steps", "6",
+        "--save_steps", "3",
+        *COMMON,
+    ]  # fmt: skip
+    before = BcQLMForConditionalGeneration.from_pretrained(bcqlm_folder).state_dict()
+    results = train_vqa.main(args)
+    trained = BcQLMForConditionalGeneration.from_pretrained(output_dir).state_dict()
+    changed = {name for name in trained if not torch.equal(trained[name], before[name])}
+    assert changed and all(name.startswith(("model.visual_adapter.", "model.qgcam.")) for name in changed)
+    assert results["trainable_parameters"] == sum(
+        tensor.numel() for name, tensor in before.items() if name.startswith(("model.visual_adapter.", "model.qgcam."))
+    )
+    assert (output_dir / "checkpoint-3" / "processor_config.json").exists() or (output_dir / "checkpoint-3" / "preprocessor_config.json").exists()
+    BcQLMProcessor.from_pretrained(output_dir)
+
+    # LoRA: merged into a plain BcQLM folder, decoder weights changed.
+    lora_dir = tmp_path / "lora"
+    train_vqa.main([arg if arg != str(output_dir) else str(lora_dir) for arg in args] + ["--lora", "--lora_r", "2"])
+    merged = BcQLMForConditionalGeneration.from_pretrained(lora_dir).state_dict()
+    assert set(merged) == set(before)
+    assert not torch.equal(merged["model.language_model.layers.0.self_attn.q_proj.weight"], before["model.language_model.layers.0.self_attn.q_proj.weight"])
+
+    eval_dir = tmp_path / "eval"
+    eval_args = [
+        "--model_name_or_path", str(output_dir),
+        "--data", str(data / "vqa.jsonl"),
+        "--output_dir", str(eval_dir),
+        "--batch_size", "5",
+        "--max_new_tokens", "4",
+    ]  # fmt: skip
+    results = evaluate_vqa.main(eval_args)
+    predictions = [json.loads(line) for line in (eval_dir / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 12 and len({p["question_id"] for p in predictions}) == 12
+    expected = sum(vqa_score(p["answer"], p["answers"]) for p in predictions) / 12
+    assert results["accuracy"] == pytest.approx(expected)
+    assert results["exact_match"] == pytest.approx(sum(exact_match_score(p["answer"], p["answers"]) for p in predictions) / 12)
+    assert {name: metrics["count"] for name, metrics in results["per_type"].items()} == {"number": 6, "other": 6}
+    assert json.loads((eval_dir / "results.json").read_text())["accuracy"] == results["accuracy"]
+
+    # The answers are the model's greedy answers, batched.
+    model, processor = BcQLMForConditionalGeneration.from_pretrained(output_dir), BcQLMProcessor.from_pretrained(output_dir)
+    row = json.loads((data / "vqa.jsonl").read_text().splitlines()[7])
+    inputs = processor(images=str(data / row["image"]), text=row["question"], return_tensors="pt")
+    answer = processor.post_process_image_text_to_text(model.generate(**inputs, max_new_tokens=4)[:, inputs["input_ids"].shape[1] :])[0]
+    assert predictions[7]["answer"] == answer
+
+    # Resume: the kept predictions are not recomputed.
+    (eval_dir / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions[:10]))
+    resumed = evaluate_vqa.main(eval_args + ["--resume"])
+    assert resumed == results
+    with pytest.raises(ValueError, match="--dtype"):
+        evaluate_vqa.main(eval_args + ["--dtype", "float8"])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_train_vqa_under_accelerate_launch_with_two_processes(tmp_path, data, bcqlm_folder):
+    output_dir = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        # accelerate's `--cpu` launcher starts one process (several need mpirun); `--multi_gpu` starts them with
+        # torchrun, and the script's `--use_cpu` makes them CPU processes (DDP over gloo).
+        "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(free_port()),
+        str(REPO / "examples" / "train_vqa.py"),
+        "--model_name_or_path", str(bcqlm_folder),
+        "--train_data", str(data / "vqa.jsonl"),
+        "--output_dir", str(output_dir),
+        "--per_device_train_batch_size", "2",
+        "--max_steps", "3",
+        *COMMON,
+    ]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    completed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    # 3 steps of 2 processes x 2 examples = 12 examples, one epoch of the 12 questions (half an epoch on one process).
+    assert state["global_step"] == 3
+    assert state["epoch"] == pytest.approx(1.0)
+    BcQLMForConditionalGeneration.from_pretrained(output_dir)
