@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -197,3 +199,44 @@ def test_train_vqa_under_accelerate_launch_with_two_processes(tmp_path, data, bc
     assert state["global_step"] == 3
     assert state["epoch"] == pytest.approx(1.0)
     BcQLMForConditionalGeneration.from_pretrained(output_dir)
+
+
+def test_readme_training_commands_run(tmp_path, data, bcqlm_folder):
+    """README's training commands, with the Hub ids swapped for tiny local folders and a few steps."""
+    readme = (REPO / "README.md").read_text()
+    commands = [block.strip() for block in re.findall(r"```bash\n(.*?)```", readme, re.DOTALL)]
+    commands = [command for command in commands if command.startswith("python examples/")]
+    assert [command.split()[1] for command in commands] == [
+        "examples/distill_breezeclip.py",
+        "examples/train_vqa.py",
+        "examples/evaluate_vqa.py",
+    ]
+    teacher, teacher_processor = make_tiny_clip_teacher(projection_dim=20)
+    teacher.save_pretrained(tmp_path / "teacher")
+    teacher_processor.save_pretrained(tmp_path / "teacher")
+    make_breezeclip_processing()[1].save_pretrained(tmp_path / "student_tokenizer")
+    tiny_breezeclip_config().to_json_file(tmp_path / "student.json")
+    shutil.copytree(data, tmp_path / "work")
+    replacements = {
+        "openai/clip-vit-base-patch32": str(tmp_path / "teacher"),
+        "google/mobilebert-uncased": str(tmp_path / "student_tokenizer"),
+        "path/to/bcqlm": str(bcqlm_folder),
+    }
+    extra_args = {
+        "examples/distill_breezeclip.py": ["--student_config", str(tmp_path / "student.json"), "--per_device_train_batch_size", "4", "--max_steps", "2", *COMMON],
+        "examples/train_vqa.py": ["--per_device_train_batch_size", "4", "--max_steps", "2", *COMMON],
+        "examples/evaluate_vqa.py": ["--batch_size", "6", "--max_new_tokens", "3"],
+    }  # fmt: skip
+    for command in commands:
+        args = [replacements.get(arg, arg) for arg in command.split()[1:]]
+        completed = subprocess.run(
+            [sys.executable, str(REPO / args[0]), *args[1:], *extra_args[args[0]]],
+            cwd=tmp_path / "work",
+            env=dict(os.environ, HF_HUB_OFFLINE="1"),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert completed.returncode == 0, f"{command}\n{completed.stderr[-3000:]}"
+    assert isinstance(AutoModel.from_pretrained(tmp_path / "work" / "breezeclip"), BreezeCLIPModel)
+    assert json.loads((tmp_path / "work" / "eval" / "results.json").read_text())["count"] == 12
