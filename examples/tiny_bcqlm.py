@@ -45,14 +45,17 @@ CORPUS = [
 ]
 
 
-def make_decoder_tokenizer() -> PreTrainedTokenizerFast:
-    """A tiny Llama-3-like byte-level BPE tokenizer (vocab 400) that prepends `<|begin_of_text|>`."""
+def make_decoder_tokenizer(pad_token: str | None = PAD) -> PreTrainedTokenizerFast:
+    """
+    A tiny Llama-3-like byte-level BPE tokenizer (vocab 400) that prepends `<|begin_of_text|>`; `pad_token=None`
+    leaves the padding token out, as in Llama-3.
+    """
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=400,
-        special_tokens=[BOS, EOS, PAD],
+        special_tokens=[BOS, EOS] + ([pad_token] if pad_token else []),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -64,7 +67,7 @@ def make_decoder_tokenizer() -> PreTrainedTokenizerFast:
         tokenizer_object=tokenizer,
         bos_token=BOS,
         eos_token=EOS,
-        pad_token=PAD,
+        pad_token=pad_token,
         model_max_length=128,
         model_input_names=["input_ids", "attention_mask"],
     )
