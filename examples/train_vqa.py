@@ -7,8 +7,9 @@
         --output_dir bcqlm-vqav2 --per_device_train_batch_size 16 --num_train_epochs 1 --learning_rate 1e-4
 
 The model is a BcQLM folder or Hub id (e.g. one made by `conversion/compose_bcqlm.py`). By default it trains with the
-paper's recipe: BreezeCLIP and the decoder frozen, the visual adapter and Q-GCAM trained (`--recipe full` trains
-everything; `--lora` adds LoRA adapters to the decoder, merged into the saved model). Data: the VQAv2, GQA and VizWiz
+paper's recipe: BreezeCLIP and the decoder frozen, the visual adapter and Q-GCAM trained (`--recipe frozen_vision`
+trains the decoder too, `--recipe full` everything; `--lora` adds LoRA adapters to the decoder, merged into the saved
+model). Data: the VQAv2, GQA and VizWiz
 files, a .jsonl/.csv/.json file with image, question and answer(s), a folder, or a Hub dataset id (see
 `modeling_bcqlm.data_bcqlm.load_vqa_dataset`). The output folder holds the trained model and its processor (loadable
 with `from_pretrained`), the checkpoints and `all_results.json`. Runs under `accelerate launch` as well.
@@ -28,7 +29,8 @@ from modeling_bcqlm.training_bcqlm import BcQLMVQACollator, add_decoder_lora
 
 logger = logging.getLogger(__name__)
 
-RECIPES = ("stage2", "full")
+# What trains: "stage2" the adapter and Q-GCAM (the paper's recipe); "frozen_vision" the decoder too; "full" everything.
+RECIPES = ("stage2", "frozen_vision", "full")
 
 
 @dataclass
@@ -44,7 +46,10 @@ class VQAScriptArguments:
     on_missing_image: str = field(default="raise", metadata={"help": "'raise' or 'skip' rows whose image is missing."})
     recipe: str = field(
         default="stage2",
-        metadata={"help": "'stage2': BreezeCLIP and the decoder frozen, adapter and Q-GCAM trained; 'full': all."},
+        metadata={
+            "help": "'stage2': BreezeCLIP and the decoder frozen, adapter and Q-GCAM trained (the paper's recipe); "
+            "'frozen_vision': only BreezeCLIP frozen; 'full': everything trained."
+        },
     )
     lora: bool = field(default=False, metadata={"help": "Add LoRA adapters to the decoder (with the stage-2 recipe)."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
@@ -89,6 +94,10 @@ def main(argv: list[str] | None = None) -> dict:
         model = add_decoder_lora(model, script_args.lora_r, script_args.lora_alpha, script_args.lora_dropout)
     elif script_args.recipe == "stage2":
         model.freeze_for_stage2()
+    elif script_args.recipe == "frozen_vision":
+        model.freeze_for_stage2(decoder_in_eval_mode=False)
+        model.model.language_model.requires_grad_(True)
+        model.lm_head.requires_grad_(True)
     trainable = sum(param.numel() for param in model.parameters() if param.requires_grad)
     logger.info(f"Training {trainable:,} of {sum(param.numel() for param in model.parameters()):,} parameters.")
 

@@ -137,6 +137,13 @@ def test_train_and_evaluate_vqa_scripts(tmp_path, data, bcqlm_folder):
     assert set(merged) == set(before)
     assert not torch.equal(merged["model.language_model.layers.0.self_attn.q_proj.weight"], before["model.language_model.layers.0.self_attn.q_proj.weight"])
 
+    # Only BreezeCLIP frozen: the decoder trains too.
+    frozen_vision_dir = tmp_path / "frozen_vision"
+    train_vqa.main([arg if arg != str(output_dir) else str(frozen_vision_dir) for arg in args] + ["--recipe", "frozen_vision", "--max_steps", "2"])
+    trained = BcQLMForConditionalGeneration.from_pretrained(frozen_vision_dir).state_dict()
+    changed = {name.removeprefix("model.").split(".")[0] for name in trained if not torch.equal(trained[name], before[name])}
+    assert changed == {"visual_adapter", "qgcam", "language_model", "lm_head"}  # the head is tied to the embeddings
+
     eval_dir = tmp_path / "eval"
     eval_args = [
         "--model_name_or_path", str(output_dir),
