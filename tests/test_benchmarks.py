@@ -1,0 +1,153 @@
+"""Building blocks of `benchmarks/compare_peers.py`: the peers' shapes, the forced token count, the fast random init and
+one tiny end-to-end run (no timing assertions)."""
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import compare_peers as cp
+from modeling_bcqlm import BcQLMConfig
+
+
+def test_full_size_peers_have_the_requested_shapes():
+    llava = cp.llava_config()
+    vision = llava.vision_config
+    assert (vision.hidden_size, vision.num_hidden_layers, vision.num_attention_heads, vision.intermediate_size) == (
+        1024, 24, 16, 4096
+    )
+    assert (vision.image_size, vision.patch_size) == (336, 14)
+    assert llava.vision_feature_layer == -2 and llava.vision_feature_select_strategy == "default"
+    assert cp.image_seq_length("llava", llava) == llava.image_seq_length == 576
+    # The LLaVA-style peer decodes with BcQLM's own (Llama-3.2-1B-shaped) decoder.
+    ours = BcQLMConfig().text_config
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "tie_word_embeddings"):
+        assert getattr(llava.text_config, key) == getattr(ours, key), key
+    assert llava.text_config.rope_parameters == ours.rope_parameters
+    assert llava.image_token_id < ours.vocab_size  # LLaVA embeds its placeholders before replacing them
+
+    smolvlm = cp.smolvlm_config()
+    vision, text = smolvlm.vision_config, smolvlm.text_config
+    assert (vision.hidden_size, vision.num_hidden_layers, vision.num_attention_heads, vision.intermediate_size) == (
+        768, 12, 12, 3072
+    )
+    assert (vision.image_size, vision.patch_size, smolvlm.scale_factor) == (512, 16, 4)
+    assert cp.image_seq_length("smolvlm", smolvlm) == 64
+    assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads, text.num_key_value_heads) == (576, 30, 9, 3)
+    assert (text.intermediate_size, text.vocab_size, smolvlm.tie_word_embeddings) == (1536, 49280, False)
+    assert cp.image_seq_length("bcqlm", cp.bcqlm_config()) == 49
+
+
+def test_full_size_parameter_counts_on_the_meta_device():
+    counts = {name: cp.parameter_counts(name, cp.build_model(name, device="meta")) for name in cp.MODELS}
+    assert counts["bcqlm"]["total"] == pytest.approx(1302.65e6, rel=1e-3)
+    assert counts["bcqlm"]["decoder"] == counts["llava"]["decoder"]  # one decoder shape, tied LM head counted once
+    assert counts["llava"]["part:image tower"] == pytest.approx(303.5e6, rel=2e-3)  # CLIP ViT-L/14-336
+    # SmolVLM-256M-Instruct's checkpoint is 513 MB of bf16: 256.5M parameters with an untied LM head.
+    assert counts["smolvlm"]["total"] == pytest.approx(256.5e6, rel=2e-3)
+    for count in counts.values():
+        assert count["vision"] + count["decoder"] == count["total"]
+
+
+@pytest.mark.parametrize("name", cp.MODELS)
+def test_tiny_models_take_their_image_tokens(name):
+    model = cp.build_model(name, tiny=True)
+    inputs = cp.make_inputs(name, model.config, question_length=7)
+    text_config = model.config.get_text_config(decoder=True)
+    image_tokens = (inputs["input_ids"] == model.config.image_token_id).sum().item()
+    assert image_tokens == cp.image_seq_length(name, model.config) > 1
+    wrappers = 3 if name == "smolvlm" else 0  # <fake_token_around_image><global-img> ... <fake_token_around_image>
+    assert inputs["input_ids"].shape == (1, 1 + wrappers + image_tokens + 7 + 5)
+    text = inputs["input_ids"][0, 1 + wrappers + image_tokens :]
+    assert ((text >= 0) & (text < text_config.vocab_size) & (text != model.config.image_token_id)).all()
+    if name == "bcqlm":
+        assert inputs["question_input_ids"].shape == (1, 7 + 2)
+        assert inputs["question_input_ids"].max() < model.config.breezeclip_config.text_config.vocab_size
+    if name == "llava":  # the same decoder config as the tiny BcQLM
+        assert text_config.to_dict() == cp.bcqlm_config(tiny=True).text_config.to_dict()
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    assert logits.shape == (1, inputs["input_ids"].shape[1], text_config.vocab_size)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name", cp.MODELS)
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_forced_token_count_is_honoured(name, cache):
+    model = cp.build_model(name, tiny=True)
+    inputs = cp.make_inputs(name, model.config)
+    prompt_length = inputs["input_ids"].shape[1]
+    vocab_size = model.config.get_text_config(decoder=True).vocab_size
+    with torch.no_grad():
+        first = model.generate(**inputs, max_new_tokens=1, do_sample=False)[0, -1].item()
+    # Every token but one is an end-of-sequence token, the greedy first token among them.
+    spare = (first + 1) % vocab_size
+    eos = [token for token in range(vocab_size) if token != spare]
+    # Without the forced minimum, the first token ends generation ...
+    with torch.no_grad():
+        free = model.generate(**inputs, max_new_tokens=5, do_sample=False, eos_token_id=eos)
+    assert free.shape[1] == prompt_length + 1
+    # ... with it, exactly N tokens come out.
+    forced = cp.generate_exactly(model, inputs, 5, cache_implementation=cache, eos_token_id=eos)
+    assert forced.shape == (1, prompt_length + 5)
+    assert (forced[0, prompt_length:] == spare).all()
+    clock = cp.StepClock()
+    cp.generate_exactly(model, inputs, 4, cache_implementation=cache, logits_processor=[clock])
+    assert len(clock.stamps) == 4 and len(clock.step_times()) == 3
+
+
+def test_fast_random_init_keeps_ties_and_scales():
+    model = cp.build_model("bcqlm", tiny=True)
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    decoder = model.model.language_model
+    assert torch.equal(decoder.norm.weight, torch.ones_like(decoder.norm.weight))
+    assert torch.count_nonzero(decoder.layers[0].self_attn.q_proj.weight) > 0
+    assert float(decoder.layers[0].mlp.down_proj.weight.detach().std()) == pytest.approx(128**-0.5, rel=0.1)
+    for name, param in model.named_parameters():
+        assert torch.isfinite(param).all(), name
+    # The rotary frequencies (a non-persistent buffer) are the config's, not garbage.
+    rotary = decoder.rotary_emb
+    assert torch.isfinite(rotary.inv_freq).all() and rotary.inv_freq[0] == 1.0
+
+
+def test_prefill_flops_split_and_derived_results(tmp_path):
+    results = cp.main(
+        ["--tiny", "--in-process", "--repeats", "1", "--new-tokens", "3", "--cache", "dynamic", "--quiet-timeout", "0",
+         "--profile", "bcqlm",
+         "--output", str(tmp_path / "tiny.json"), "--markdown", "--readme", str(tmp_path / "README.md")]
+    )
+    saved = json.loads((tmp_path / "tiny.json").read_text())
+    assert set(saved["models"]) == set(cp.MODELS)
+    for name, model in results["models"].items():
+        flops = model["prefill_flops"]
+        assert flops["decoder"] > 0 and flops["vision"] > 0 and flops["vision"] + flops["decoder"] == flops["total"]
+        assert model["finite_logits"] and model["peak_rss_bytes"] > 0
+        assert model["timings"]["dynamic"]["ttft_s"] > 0 and model["floors"]["decode_s_per_token"] > 0
+        assert model["image_tokens"] == cp.image_seq_length(name, cp.model_config(name, tiny=True))
+    # Decoder FLOPs of BcQLM's prefill: at least 2 x (decoder layer parameters) x prompt tokens.
+    ours = results["models"]["bcqlm"]
+    layer_params = ours["parameters"]["decoder"] - ours["parameters"]["part:lm_head"]
+    assert ours["prefill_flops"]["decoder"] >= 2 * layer_params * ours["prompt_tokens"]
+    assert {"prefill", "generate"} <= set(ours["profile"]) and ours["profile"]["generate"]["top_ops"]
+    quantization = results["quantization"]["loads"]
+    assert quantization["nf4"]["footprint_bytes"] < quantization["int8"]["footprint_bytes"] < results["quantization"]["fp32_bytes"]
+    assert quantization["nf4+bf16"]["embedding_dtype"] == "bfloat16" and quantization["nf4+bf16"]["breezeclip_dtype"] == "float32"
+    assert set(results["targets"]) >= {"TTFT ours <= 0.15x LLaVA-style", "4-bit footprint <= 0.35x fp32"}
+
+    # --markdown replaces its own section and keeps the rest of the README.
+    readme = tmp_path / "README.md"
+    assert readme.read_text().count("| parameters: total |") == 1
+    readme.write_text("intro\n" + readme.read_text() + "footer\n")
+    cp.write_markdown("new table\n", readme)
+    text = readme.read_text()
+    assert text.count(cp.RESULTS_START) == 1 and "new table" in text and "intro" in text and "footer" in text
+    assert "| parameters: total |" not in text
+
+
+def test_each_model_is_measured_in_its_own_process():
+    result = cp.run_isolated(
+        cp.benchmark_model, "smolvlm", tiny=True, new_tokens=2, repeats=1, cache_implementations=("dynamic",)
+    )
+    assert result["name"] == "smolvlm" and result["peak_rss_reset"] in (True, False)
+    assert result["rss_before_build_bytes"] > 0 and result["peak_rss_bytes"] >= result["rss_after_build_bytes"] * 0.5
