@@ -1,5 +1,6 @@
 """README's commands: the test command is what CI runs; the quickstart and the parameter table reproduce."""
 
+import json
 import os
 import re
 import subprocess
@@ -44,3 +45,15 @@ def test_parameter_table_matches_the_benchmark_script():
     result = run("benchmarks/count_parameters.py")
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() in README
+
+
+def test_benchmark_command_runs_on_tiny_models(tmp_path):
+    (command,) = [block for block in bash_blocks() if block.startswith("python benchmarks/compare_peers.py")]
+    args = command.split()[1:]
+    args[args.index("--output") + 1] = str(tmp_path / "results.json")
+    args.remove("--markdown")  # keep the committed table
+    quick = ["--tiny", "--repeats", "1", "--new-tokens", "3", "--no-quantization", "--quiet-timeout", "0", "--in-process"]
+    result = run(*args, *quick)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["models"]) >= {"bcqlm", "llava", "smolvlm"}
