@@ -1,0 +1,379 @@
+"""Train the small BcQLM shipped with the package, from nothing, with the package's own scripts.
+
+    python examples/train_default_model.py --output_dir modeling_bcqlm/default_model
+
+1. Data: synthetic shape scenes (`modeling_bcqlm.synthetic_shapes`): captions for stage 1, questions for stage 2, and a
+   test split that also holds shape-colour combinations never seen in training.
+2. Tokenizers, trained on the synthetic text: a byte-level BPE for the decoder, a WordPiece vocabulary for the
+   question encoder, a CLIP BPE for the teacher.
+3. A small CLIP teacher (`transformers.CLIPModel`) trained contrastively on the captions with the `Trainer`.
+4. Stage 1: `examples/distill_breezeclip.py` distils a small BreezeCLIP (MobileViT + MobileBERT) from it.
+5. The decoder (a small `LlamaForCausalLM`) learns the language of the prompts and answers as a causal LM on the
+   training questions and answers (text only).
+6. `conversion/compose_bcqlm.py` assembles BcQLM from the two; stage 2 (`examples/train_vqa.py`) trains it on the VQA
+   data with the recipe of `--recipe` (default `frozen_vision`: BreezeCLIP frozen; decoder, adapter and Q-GCAM trained).
+7. `examples/evaluate_vqa.py` scores it on the test split, all of it and its held-out combinations apart.
+
+`--quick` runs every step on a few examples for a smoke test. `--work_dir` keeps the intermediate folders.
+"""
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import datasets
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (
+    BertTokenizer,
+    CLIPConfig,
+    CLIPImageProcessorPil,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPTokenizer,
+    DataCollatorForLanguageModeling,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Trainer,
+    TrainingArguments,
+)
+
+from modeling_bcqlm import BreezeCLIPConfig
+from modeling_bcqlm.synthetic_shapes import make_synthetic_captions, make_synthetic_splits
+
+
+REPO = Path(__file__).resolve().parents[1]
+BOS, EOS, PAD = "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>"
+PROMPT = "Question: {question}\nAnswer: {answer}"
+
+# Sizes of the shipped model; `--quick` keeps them and shortens the training.
+IMAGE_SIZE = 128
+PROJECTION_DIM = 64
+STUDENT_CONFIG = {
+    "vision_config": {
+        "model_type": "mobilevit",
+        "image_size": IMAGE_SIZE,
+        "hidden_sizes": [48, 64, 80],
+        "neck_hidden_sizes": [16, 16, 24, 48, 64, 80, 160],
+        "num_attention_heads": 4,
+        "expand_ratio": 2.0,
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+    },
+    "text_config": {
+        "model_type": "mobilebert",
+        "hidden_size": 128,
+        "embedding_size": 64,
+        "intra_bottleneck_size": 64,
+        "true_hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 128,
+        "num_feedforward_networks": 1,
+        "max_position_embeddings": 64,
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+    },
+    "projection_dim": PROJECTION_DIM,
+}
+DECODER_CONFIG = {
+    "hidden_size": 128,
+    "intermediate_size": 384,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 128,
+    "tie_word_embeddings": True,
+}
+
+
+def log(message: str, start: float) -> None:
+    print(f"[{time.perf_counter() - start:7.1f} s] {message}", flush=True)
+
+
+def run_script(script: str, *args: str) -> None:
+    """Run one of the package's scripts in its own process, as a user would."""
+    subprocess.run([sys.executable, str(REPO / script), *map(str, args)], check=True)
+
+
+def write_caption_file(captions: datasets.Dataset, folder: Path) -> Path:
+    """Save the images as PNG files beside a `captions.jsonl` naming them, the input of `distill_breezeclip.py`."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rows = captions.cast_column("image", datasets.Image(decode=False))
+    with open(folder / "captions.jsonl", "w") as f:
+        for index, row in enumerate(rows):
+            (folder / "images" / f"{index}.png").write_bytes(row["image"]["bytes"])
+            f.write(json.dumps({"image": f"images/{index}.png", "caption": row["caption"]}) + "\n")
+    return folder / "captions.jsonl"
+
+
+def train_decoder_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512, special_tokens=[BOS, EOS, PAD], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", special_tokens=[(BOS, tokenizer.token_to_id(BOS))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD, model_max_length=IMAGE_SIZE
+    )
+
+
+def train_question_tokenizer(texts: list[str], folder: Path) -> BertTokenizer:
+    words = sorted({word for text in texts for word in re.findall(r"\w+|[^\w\s]", text.lower())})
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(tokens) + "\n")
+    return BertTokenizer(str(folder / "vocab.txt"), model_max_length=32)
+
+
+def train_teacher_tokenizer(texts: list[str]) -> CLIPTokenizer:
+    """A `CLIPTokenizer` whose BPE merges are learned on the captions (whole words become tokens)."""
+    tokenizer = CLIPTokenizer()
+    backend = Tokenizer(models.BPE(end_of_word_suffix="</w>", continuing_subword_prefix=""))
+    backend.normalizer = tokenizer.backend_tokenizer.normalizer
+    backend.pre_tokenizer = tokenizer.backend_tokenizer.pre_tokenizer
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        end_of_word_suffix="</w>",
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer)
+    model = json.loads(backend.to_str())["model"]
+    merges = [tuple(merge) if isinstance(merge, list) else tuple(merge.split(" ")) for merge in model["merges"]]
+    return CLIPTokenizer(vocab=model["vocab"], merges=merges, model_max_length=64)
+
+
+class CLIPCollator:
+    """Batches of (image, caption) rows for `CLIPModel`'s contrastive loss."""
+
+    def __init__(self, processor: CLIPProcessor):
+        self.processor = processor
+
+    def __call__(self, rows):
+        inputs = self.processor(
+            images=[row["image"] for row in rows],
+            text=[row["caption"] for row in rows],
+            padding=True,
+            truncation=True,
+            return_tensors="pt",
+        )
+        return {**inputs, "return_loss": True}
+
+
+def training_arguments(output_dir: Path, epochs: float, batch_size: int, learning_rate: float, **kwargs):
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=epochs,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=kwargs.pop("warmup_steps", 20),
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        logging_steps=50,
+        remove_unused_columns=False,
+        seed=0,
+        **kwargs,
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", required=True, help="Where the trained model and its processor are written.")
+    parser.add_argument("--work_dir", help="Folder of the intermediate data and models (default: a temporary one).")
+    parser.add_argument("--train_images", type=int, default=6000)
+    parser.add_argument("--test_images", type=int, default=400)
+    parser.add_argument("--questions_per_image", type=int, default=5)
+    parser.add_argument("--teacher_epochs", type=float, default=4)
+    parser.add_argument("--distillation_epochs", type=float, default=4)
+    parser.add_argument("--decoder_epochs", type=float, default=2)
+    parser.add_argument("--vqa_epochs", type=float, default=3)
+    parser.add_argument(
+        "--recipe", choices=("stage2", "frozen_vision", "full"), default="frozen_vision", help="What stage 2 trains."
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="A few examples and steps: a smoke test of every step.")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.train_images, args.test_images, args.questions_per_image = 16, 6, 3
+        args.teacher_epochs = args.distillation_epochs = args.decoder_epochs = args.vqa_epochs = 1
+    start = time.perf_counter()
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="bcqlm-default-"))
+    output_dir = Path(args.output_dir)
+
+    # 1. Data.
+    splits = make_synthetic_splits(
+        args.train_images, args.test_images, args.seed, args.questions_per_image, image_size=IMAGE_SIZE
+    )
+    splits["test_held_out"] = splits["test"].filter(lambda row: row["held_out"])
+    splits["test_seen"] = splits["test"].filter(lambda row: not row["held_out"])
+    splits.save_to_disk(str(work / "vqa"))
+    captions = make_synthetic_captions(args.train_images, args.seed, image_size=IMAGE_SIZE, split="train")
+    caption_file = write_caption_file(captions, work / "captions")
+    log(f"data: {len(captions)} captioned images, {len(splits['train'])} training questions, {len(splits['test'])} test questions", start)
+
+    # 2. Tokenizers.
+    qa_texts = [PROMPT.format(question=q, answer=a) for q, a in zip(splits["train"]["question"], splits["train"]["answer"])]
+    caption_texts = list(captions["caption"])
+    decoder_tokenizer = train_decoder_tokenizer(qa_texts + caption_texts)
+    question_tokenizer = train_question_tokenizer(list(splits["train"]["question"]), work / "question_tokenizer")
+    teacher_tokenizer = train_teacher_tokenizer(caption_texts)
+
+    # 3. The CLIP teacher.
+    teacher_processor = CLIPProcessor(
+        image_processor=CLIPImageProcessorPil(
+            size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+        ),
+        tokenizer=teacher_tokenizer,
+    )
+    torch.manual_seed(args.seed)
+    teacher = CLIPModel(
+        CLIPConfig(
+            text_config={
+                "vocab_size": len(teacher_tokenizer),
+                "hidden_size": 128,
+                "intermediate_size": 256,
+                "num_hidden_layers": 3,
+                "num_attention_heads": 4,
+                "max_position_embeddings": 64,
+                "bos_token_id": teacher_tokenizer.bos_token_id,
+                "eos_token_id": teacher_tokenizer.eos_token_id,
+                "pad_token_id": teacher_tokenizer.pad_token_id,
+            },
+            vision_config={
+                "hidden_size": 128,
+                "intermediate_size": 256,
+                "num_hidden_layers": 4,
+                "num_attention_heads": 4,
+                "image_size": IMAGE_SIZE,
+                "patch_size": 16,
+            },
+            projection_dim=PROJECTION_DIM,
+        )
+    )
+    Trainer(
+        model=teacher,
+        args=training_arguments(work / "teacher_run", args.teacher_epochs, 64, 1e-3, weight_decay=0.1),
+        train_dataset=captions,
+        data_collator=CLIPCollator(teacher_processor),
+    ).train()
+    teacher.save_pretrained(work / "teacher")
+    teacher_processor.save_pretrained(work / "teacher")
+    log("teacher trained", start)
+
+    # 4. Stage 1: BreezeCLIP distilled from the teacher.
+    student_config = BreezeCLIPConfig(**{**STUDENT_CONFIG, "text_config": {**STUDENT_CONFIG["text_config"], "vocab_size": len(question_tokenizer)}})
+    student_config.to_json_file(work / "student.json")
+    question_tokenizer.save_pretrained(work / "question_tokenizer")
+    run_script(
+        "examples/distill_breezeclip.py",
+        "--teacher_name_or_path", work / "teacher",
+        "--student_config", work / "student.json",
+        "--student_tokenizer", work / "question_tokenizer",
+        "--train_file", caption_file,
+        "--output_dir", work / "breezeclip",
+        "--precompute_teacher_embeddings",
+        "--affinity_distillation_weight", "1.0",
+        "--num_train_epochs", args.distillation_epochs,
+        "--per_device_train_batch_size", "64",
+        "--learning_rate", "2e-3",
+        "--warmup_steps", "20",
+        "--lr_scheduler_type", "cosine",
+        "--save_strategy", "no", "--logging_steps", "50", "--report_to", "none", "--use_cpu", "--seed", args.seed,
+    )  # fmt: skip
+    log("BreezeCLIP distilled", start)
+
+    # 5. The decoder learns the prompts' and answers' language as a causal LM.
+    torch.manual_seed(args.seed)
+    decoder = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(decoder_tokenizer),
+            bos_token_id=decoder_tokenizer.bos_token_id,
+            eos_token_id=decoder_tokenizer.eos_token_id,
+            pad_token_id=decoder_tokenizer.pad_token_id,
+            **DECODER_CONFIG,
+        )
+    )
+    texts = datasets.Dataset.from_dict({"text": [text + EOS for text in qa_texts]})
+    tokenized = texts.map(lambda batch: decoder_tokenizer(batch["text"]), batched=True, remove_columns=["text"])
+    Trainer(
+        model=decoder,
+        args=training_arguments(work / "decoder_run", args.decoder_epochs, 64, 2e-3),
+        train_dataset=tokenized,
+        data_collator=DataCollatorForLanguageModeling(decoder_tokenizer, mlm=False),
+    ).train()
+    decoder.save_pretrained(work / "decoder")
+    decoder_tokenizer.save_pretrained(work / "decoder")
+    log("decoder trained", start)
+
+    # 6. Compose BcQLM and train it on VQA (stage 2).
+    run_script(
+        "conversion/compose_bcqlm.py",
+        "--language_model", work / "decoder",
+        "--breezeclip", work / "breezeclip",
+        "--output_dir", work / "composed",
+        "--qgcam_heads", "4",
+        "--seed", args.seed,
+    )  # fmt: skip
+    run_script(
+        "examples/train_vqa.py",
+        "--model_name_or_path", work / "composed",
+        "--train_data", work / "vqa", "--train_split", "train",
+        "--output_dir", work / "vqa_run",
+        "--recipe", args.recipe,
+        "--num_train_epochs", args.vqa_epochs,
+        "--per_device_train_batch_size", "32",
+        "--learning_rate", "1e-3",
+        "--warmup_steps", "50",
+        "--lr_scheduler_type", "cosine",
+        "--save_strategy", "no", "--logging_steps", "50", "--report_to", "none", "--use_cpu", "--seed", args.seed,
+    )  # fmt: skip
+    log("VQA trained", start)
+
+    # 7. Evaluate on the test split, and on its held-out combinations apart.
+    results = {}
+    for split in ("test", "test_held_out", "test_seen"):
+        run_script(
+            "examples/evaluate_vqa.py",
+            "--model_name_or_path", work / "vqa_run",
+            "--data", work / "vqa", "--split", split,
+            "--output_dir", work / f"eval_{split}",
+            "--batch_size", "64",
+            "--max_new_tokens", "4",
+        )  # fmt: skip
+        results[split] = json.loads((work / f"eval_{split}" / "results.json").read_text())
+    log(f"evaluated: accuracy {results['test']['accuracy']:.4f}", start)
+
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    shutil.copytree(work / "vqa_run", output_dir, ignore=shutil.ignore_patterns("checkpoint-*", "runs", "*.json.tmp"))
+    for name in ("all_results.json", "trainer_state.json", "training_args.bin"):
+        (output_dir / name).unlink(missing_ok=True)
+    summary = {
+        "minutes": round((time.perf_counter() - start) / 60, 1),
+        "arguments": vars(args),
+        "results": results,
+    }
+    (output_dir / "training_results.json").write_text(json.dumps(summary, indent=2))
+    log(f"saved to {output_dir}", start)
+    return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

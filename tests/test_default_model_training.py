@@ -1,0 +1,41 @@
+"""`examples/train_default_model.py --quick`: every step of the shipped model's training, on a few examples."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from transformers import AutoModel, AutoProcessor
+
+from modeling_bcqlm import BcQLMForConditionalGeneration
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_quick_run_trains_every_stage_and_saves_a_loadable_model(tmp_path):
+    completed = subprocess.run(
+        [
+            sys.executable, str(REPO / "examples" / "train_default_model.py"), "--quick",
+            "--output_dir", str(tmp_path / "model"), "--work_dir", str(tmp_path / "work"),
+        ],  # fmt: skip
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    work = tmp_path / "work"
+    for stage in ("teacher", "breezeclip", "decoder", "composed", "vqa_run"):
+        assert (work / stage / "config.json").exists(), stage
+    summary = json.loads((tmp_path / "model" / "training_results.json").read_text())
+    test, held_out, seen = (summary["results"][split] for split in ("test", "test_held_out", "test_seen"))
+    assert test["count"] == held_out["count"] + seen["count"] > 0
+    assert 0.0 <= test["accuracy"] <= 1.0 and set(test["per_type"]) <= {
+        "attribute", "existence", "counting", "spatial", "comparison"
+    }  # fmt: skip
+    model = AutoModel.from_pretrained(tmp_path / "model")
+    assert isinstance(model, BcQLMForConditionalGeneration)
+    processor = AutoProcessor.from_pretrained(tmp_path / "model")
+    assert processor.image_processor.crop_size["height"] == model.config.breezeclip_config.vision_config.image_size
