@@ -14,6 +14,7 @@ its share of the questions and the main process scores them.
 
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ class EvaluationArguments:
     max_samples: int | None = field(default=None, metadata={"help": "Evaluate the first N questions only."})
     dtype: str = field(default="float32", metadata={"help": "Weights' dtype: float32, bfloat16 or float16."})
     resume: bool = field(default=False, metadata={"help": "Keep the predictions already in predictions.jsonl."})
+    use_cpu: bool = field(default=False, metadata={"help": "Run on the CPU (and, under accelerate, DDP over gloo)."})
 
 
 def answer_questions(model, processor, rows, max_new_tokens: int) -> list[str]:
@@ -79,7 +81,13 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     if args.dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {args.dtype!r}.")
-    state = PartialState()
+    state = PartialState(cpu=args.use_cpu)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and state.num_processes != world_size:
+        raise RuntimeError(
+            f"Launched as {world_size} processes, but they did not form a group (no GPUs?): pass --use_cpu to share "
+            "the questions between CPU processes."
+        )
     output_dir = Path(args.output_dir)
     predictions_file = output_dir / "predictions.jsonl"
 

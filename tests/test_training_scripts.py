@@ -182,30 +182,53 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_train_vqa_under_accelerate_launch_with_two_processes(tmp_path, data, bcqlm_folder):
-    output_dir = tmp_path / "ddp"
+def launch_two_processes(script: str, *args: str, cwd: Path) -> None:
+    """`accelerate launch` a script in two CPU processes (DDP over gloo)."""
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
         # accelerate's `--cpu` launcher starts one process (several need mpirun); `--multi_gpu` starts them with
-        # torchrun, and the script's `--use_cpu` makes them CPU processes (DDP over gloo).
+        # torchrun, and the scripts' `--use_cpu` (or a machine without GPUs) makes them CPU processes.
         "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         "--main_process_port", str(free_port()),
-        str(REPO / "examples" / "train_vqa.py"),
+        str(REPO / "examples" / script), *args,
+    ]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    completed = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+
+
+def test_scripts_under_accelerate_launch_with_two_processes(tmp_path, data, bcqlm_folder):
+    output_dir = tmp_path / "ddp"
+    launch_two_processes(
+        "train_vqa.py",
         "--model_name_or_path", str(bcqlm_folder),
         "--train_data", str(data / "vqa.jsonl"),
         "--output_dir", str(output_dir),
         "--per_device_train_batch_size", "2",
         "--max_steps", "3",
         *COMMON,
-    ]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    completed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert completed.returncode == 0, completed.stderr[-4000:]
+        cwd=tmp_path,
+    )  # fmt: skip
     state = json.loads((output_dir / "trainer_state.json").read_text())
     # 3 steps of 2 processes x 2 examples = 12 examples, one epoch of the 12 questions (half an epoch on one process).
     assert state["global_step"] == 3
     assert state["epoch"] == pytest.approx(1.0)
     BcQLMForConditionalGeneration.from_pretrained(output_dir)
+
+    # Evaluation: each process answers half of the questions, the main process scores all of them once.
+    launch_two_processes(
+        "evaluate_vqa.py",
+        "--model_name_or_path", str(output_dir),
+        "--data", str(data / "vqa.jsonl"),
+        "--output_dir", str(tmp_path / "eval"),
+        "--batch_size", "4",
+        "--max_new_tokens", "3",
+        "--use_cpu",
+        cwd=tmp_path,
+    )  # fmt: skip
+    predictions = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(p["question_id"] for p in predictions) == sorted(str(index) for index in range(12))
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["count"] == 12
 
 
 def test_readme_training_commands_run(tmp_path, data, bcqlm_folder):
