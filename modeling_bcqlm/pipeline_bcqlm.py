@@ -22,6 +22,10 @@ class BcQLMVisualQuestionAnsweringPipeline(Pipeline):
     an answer is its sequence probability: the product of the probabilities of its generated tokens (the end-of-text
     token included when generated), under the logits processors of the generation config.
 
+    Within one call the image tower runs once per distinct image: several questions about one image reuse its
+    features (the model's `image_features` input), with the answers and scores of asking them one by one. With
+    `batch_size > 1` the questions of a batch are generated together, left-padded by the processor.
+
     Example:
 
     ```python
@@ -29,6 +33,8 @@ class BcQLMVisualQuestionAnsweringPipeline(Pipeline):
     >>> vqa = pipeline("visual-question-answering", model="path/to/bcqlm", trust_remote_code=True)
     >>> vqa(image="cat.png", question="Where is the cat sitting?", top_k=2)
     [{'score': 0.61, 'answer': 'on the sofa'}, {'score': 0.12, 'answer': 'on the table'}]
+    >>> vqa(image="cat.png", question=["What colour is the cat?", "Is it asleep?"], batch_size=2)
+    [[{'score': 0.83, 'answer': 'black'}], [{'score': 0.74, 'answer': 'yes'}]]
     ```
 
     Call arguments:
@@ -44,6 +50,8 @@ class BcQLMVisualQuestionAnsweringPipeline(Pipeline):
             Maximum length of an answer (32 tokens unless the model's generation config sets one).
         timeout (`float`, *optional*):
             Seconds to wait when fetching an image from a URL.
+        batch_size (`int`, *optional*, defaults to 1):
+            Number of questions generated together (also accepted when building the pipeline).
         generate_kwargs (`dict`, *optional*):
             Further arguments of `generate()`; generation parameters may also be passed directly.
 
@@ -60,6 +68,8 @@ class BcQLMVisualQuestionAnsweringPipeline(Pipeline):
     _default_generation_config = GenerationConfig(max_new_tokens=32)
     # `top_k` is the number of answers, not the sampling parameter.
     _non_generation_params = ("top_k",)
+    # `(distinct pixel values, their image features)` of the last batch, reused within a call.
+    _image_features_cache = None
 
     @classmethod
     def custom_pipelines(cls) -> dict:
@@ -92,6 +102,8 @@ class BcQLMVisualQuestionAnsweringPipeline(Pipeline):
         return preprocess_params, forward_params, postprocess_params
 
     def __call__(self, image=None, question=None, **kwargs):
+        # Image features are reused within a call only: the model's weights may change between calls.
+        self._image_features_cache = None
         if question is None:
             if image is None:
                 raise ValueError(
@@ -146,29 +158,51 @@ class BcQLMVisualQuestionAnsweringPipeline(Pipeline):
         except Exception as error:
             shown = image if isinstance(image, str) else type(image).__name__
             raise ValueError(f"Could not read the image {shown!r}: {error}") from error
-        model_inputs = self.processor(images=image, text=inputs["question"], return_tensors="pt")
-        return model_inputs.to(dtype=self.dtype)
+        # The processor runs in `_forward`, on the whole batch: `Pipeline`'s generic collation pads every key on one
+        # side, but the prompts are left-padded and the questions for the question encoder right-padded.
+        return {"image": image, "question": inputs["question"]}
+
+    def _get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """
+        Features of `pixel_values` `(batch_size, 3, height, width)`, `(batch_size, image_seq_length, hidden_size)`,
+        running the image tower on the distinct images not already seen by the previous batch of this call.
+        """
+        images, index = torch.unique(pixel_values, dim=0, return_inverse=True)
+        cache = self._image_features_cache
+        if cache is None or not torch.equal(cache[0], images):
+            self._image_features_cache = cache = (images, self.model.model.get_image_features(images))
+        return cache[1][index]
 
     def _forward(self, model_inputs, top_k=1, generate_kwargs=None):
-        prompt_length = model_inputs["input_ids"].shape[1]
+        model_inputs = self.processor(images=model_inputs["image"], text=model_inputs["question"], return_tensors="pt")
+        model_inputs = model_inputs.to(self.device, dtype=self.dtype)
+        image_features = self._get_image_features(model_inputs.pop("pixel_values"))
+        batch_size, prompt_length = model_inputs["input_ids"].shape
         overrides = {"output_scores": True, "return_dict_in_generate": True}
         if top_k > 1:
             num_beams = max(top_k, (generate_kwargs or {}).get("num_beams") or 1)
             overrides.update(num_beams=num_beams, num_return_sequences=top_k)
         generate_kwargs = self._prepare_generate_kwargs(generate_kwargs or {}, **overrides)
-        outputs = self.model.generate(**model_inputs, **generate_kwargs)
+        outputs = self.model.generate(**model_inputs, image_features=image_features, **generate_kwargs)
+        answer_ids = outputs.sequences[:, prompt_length:]
         # Log-probabilities of the chosen tokens; 0 where a finished beam was padded.
         transition_scores = self.model.compute_transition_scores(
             outputs.sequences, outputs.scores, outputs.get("beam_indices"), normalize_logits=True
         )
+        # In a batch, answers that ended early are padded: only the tokens up to the end-of-text token count.
+        eos_token_id = self._get_set_generation_params(generate_kwargs).get("eos_token_id")
+        if eos_token_id is not None:
+            is_eos = torch.isin(answer_ids, torch.as_tensor(eos_token_id, device=answer_ids.device))
+            transition_scores = transition_scores.masked_fill(is_eos.cumsum(-1) - is_eos.long() > 0, 0.0)
+        # `(batch_size, num_answers, ...)`: `Pipeline` splits batches along the first dimension.
         return {
-            "answer_ids": outputs.sequences[:, prompt_length:],
-            "log_probabilities": transition_scores.float().sum(-1),
+            "answer_ids": answer_ids.reshape(batch_size, -1, answer_ids.shape[-1]),
+            "log_probabilities": transition_scores.float().sum(-1).reshape(batch_size, -1),
         }
 
     def postprocess(self, model_outputs, top_k=1):
-        answers = self.processor.tokenizer.batch_decode(model_outputs["answer_ids"], skip_special_tokens=True)
-        scores = torch.exp(model_outputs["log_probabilities"]).tolist()
+        answers = self.processor.tokenizer.batch_decode(model_outputs["answer_ids"][0], skip_special_tokens=True)
+        scores = torch.exp(model_outputs["log_probabilities"][0]).tolist()
         results = [{"score": score, "answer": answer.strip()} for score, answer in zip(scores, answers)]
         return sorted(results, key=lambda result: result["score"], reverse=True)[:top_k]
 

@@ -11,7 +11,7 @@ from transformers import TextIteratorStreamer, pipeline
 
 from modeling_bcqlm import BcQLMVisualQuestionAnsweringPipeline, pipeline_bcqlm
 
-from .helpers import make_image, make_model_and_processor, run_without_package
+from .helpers import CORPUS, make_image, make_model_and_processor, run_without_package
 
 
 QUESTION = "What colour is the car?"
@@ -102,6 +102,83 @@ def test_batches_answer_like_single_inputs(vqa):
     assert vqa(image=images, question=QUESTION) == [singles[0], vqa(image=images[1], question=QUESTION)]
 
 
+QUESTIONS = [line.split("\n")[0].removeprefix("Question: ") for line in CORPUS[:5]]
+
+
+@pytest.fixture
+def image_tower_calls(model_and_processor):
+    """Number of images each call of the image tower (MobileViT) received."""
+    model, _ = model_and_processor
+    calls = []
+    hook = model.model.breezeclip.vision_model.register_forward_hook(
+        lambda module, args, kwargs, output: calls.append(kwargs["pixel_values"].shape[0]), with_kwargs=True
+    )
+    yield calls
+    hook.remove()
+
+
+def assert_same_answers(results, expected):
+    """Same answers in the same order, scores equal up to the rounding of padded batches."""
+    assert [[r["answer"] for r in result] for result in results] == [[r["answer"] for r in e] for e in expected]
+    scores = [r["score"] for result in results for r in result]
+    assert scores == pytest.approx([r["score"] for e in expected for r in e], rel=1e-4)
+
+
+def test_questions_about_one_image_run_the_image_tower_once(tmp_path, vqa, image_tower_calls):
+    image = make_image(seed=11)
+    singles = [vqa(image=image, question=question) for question in QUESTIONS]
+    assert image_tower_calls == [1] * len(QUESTIONS)
+    assert len({result[0]["answer"] for result in singles}) > 1
+
+    image_tower_calls.clear()
+    assert vqa(image=image, question=QUESTIONS) == singles  # identical answers and scores
+    assert image_tower_calls == [1]
+
+    # Dicts sharing one path (each loads its own PIL image): the pixels are the same, so are the features.
+    image.save(tmp_path / "image.png")
+    image_tower_calls.clear()
+    assert vqa([{"image": str(tmp_path / "image.png"), "question": q} for q in QUESTIONS]) == singles
+    assert image_tower_calls == [1]
+
+    # Batches of 2, 2 and 1 questions: one image through the tower, the decoder batched.
+    image_tower_calls.clear()
+    assert_same_answers(vqa(image=image, question=QUESTIONS, batch_size=2), singles)
+    assert image_tower_calls == [1]
+
+    # Features are not kept from one call to the next.
+    image_tower_calls.clear()
+    vqa(image=image, question=QUESTIONS[0])
+    assert image_tower_calls == [1]
+
+
+def test_batch_size_answers_like_batch_size_one(model_and_processor, vqa, image_tower_calls):
+    model, processor = model_and_processor
+    images = [make_image(seed=seed) for seed in (12, 13, 14)]
+    # Questions of different lengths, so that the prompts of a batch are padded; an image asked twice.
+    inputs = [{"image": images[i % 3], "question": question} for i, question in enumerate(QUESTIONS)]
+    singles = vqa(inputs)
+    assert image_tower_calls == [1] * len(inputs)
+
+    batched_vqa = BcQLMVisualQuestionAnsweringPipeline(
+        model=model, processor=processor, max_new_tokens=MAX_NEW_TOKENS, batch_size=2
+    )
+    image_tower_calls.clear()
+    assert_same_answers(batched_vqa(inputs), singles)
+    assert image_tower_calls == [2, 2, 1]  # batches (0, 1), (2, 0) and (1): each distinct image of a batch once
+    assert_same_answers(vqa(inputs, batch_size=3), singles)
+    assert_same_answers(vqa(inputs, batch_size=2, top_k=2), vqa(inputs, top_k=2))
+
+    # An answer that ends before the others of its batch is padded; the padding must not count in its score.
+    prompt = processor(images=images[0], text=QUESTIONS[0], return_tensors="pt")
+    answer_ids = model.generate(**prompt, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)[
+        0, prompt["input_ids"].shape[1] :
+    ]
+    end = answer_ids[1].item()  # ends the first answer after two tokens
+    singles = vqa(inputs, eos_token_id=end)
+    assert len({len(result[0]["answer"]) for result in singles}) > 1
+    assert_same_answers(vqa(inputs, eos_token_id=end, batch_size=len(inputs)), singles)
+
+
 def test_path_and_url_inputs_answer_like_the_pil_image(tmp_path, monkeypatch, vqa):
     image = make_image(seed=5)
     image.save(tmp_path / "image.png")
@@ -133,14 +210,29 @@ def test_errors(tmp_path, vqa):
     missing = str(tmp_path / "missing.png")
     with pytest.raises(ValueError, match=r"Could not read the image .*missing\.png"):
         vqa(image=missing, question=QUESTION)
+    (tmp_path / "not_an_image.png").write_text("plain text")
+    with pytest.raises(ValueError, match=r"Could not read the image .*not_an_image\.png"):
+        vqa(image=[image, str(tmp_path / "not_an_image.png")], question=QUESTION, batch_size=2)
+    with pytest.raises(ValueError, match="Could not read the image 'int'"):
+        vqa(image=3, question=QUESTION)
     with pytest.raises(ValueError, match=r"Could not read the image 'http://127\.0\.0\.1:9/image\.png'"):
         vqa(image="http://127.0.0.1:9/image.png", question=QUESTION, timeout=5)
     with pytest.raises(ValueError, match="Input 0 has an empty question"):
         vqa(image=image, question="   ")
+    with pytest.raises(ValueError, match="Input 1 has an empty question"):
+        vqa(image=image, question=[QUESTION, ""])
+    with pytest.raises(ValueError, match="Input 1: `question` must be a string, got NoneType"):
+        vqa([{"image": image, "question": QUESTION}, {"image": image}])
+    with pytest.raises(ValueError, match="Input 0: `question` must be a string, got int"):
+        vqa(image=image, question=[3])
     with pytest.raises(ValueError, match="No question was given"):
         vqa(image=image)
     with pytest.raises(ValueError, match=r"Got 2 image\(s\) and 1 question\(s\)"):
         vqa(image=[image, image], question=[QUESTION])
+    with pytest.raises(ValueError, match="Got an empty list of images or questions"):
+        vqa(image=image, question=[])
+    with pytest.raises(ValueError, match=r"Unknown arguments of the visual-question-answering pipeline: \['colour'\]"):
+        vqa(image=image, question=QUESTION, colour="red")
 
 
 def test_saved_folder_names_the_pipeline(tmp_path, model_and_processor, folder):

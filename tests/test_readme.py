@@ -57,3 +57,12 @@ def test_benchmark_command_runs_on_tiny_models(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["models"]) >= {"bcqlm", "llava", "smolvlm"}
+
+
+def test_multi_question_benchmark_gives_the_same_answers(tmp_path):
+    # README's command with the tiny model instead of `--full_size`.
+    result = run("benchmarks/multi_question.py", "--questions", "3", "--repeats", "1", "--output", str(tmp_path / "r.json"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "benchmarks/multi_question.py --full_size" in README
+    rows = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert rows and all(row["same_answers"] for row in rows)
