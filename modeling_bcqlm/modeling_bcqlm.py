@@ -330,10 +330,17 @@ class BcQLMModel(BcQLMPreTrainedModel):
         """
         Question features in BreezeCLIP space for Q-GCAM.
 
+        Left-padded questions (a pipeline's generic collate pads every key on the decoder tokenizer's side) are moved
+        to the right padding MobileBERT expects, so its [CLS] token and positions do not depend on the padding.
+
         Returns:
             `(tokens, pooled, mask)`: tokens `(batch_size, length, projection_dim)` (length 1 with
             `question_feature_mode="pooled"`), pooled `(batch_size, projection_dim)` and the tokens' mask or `None`.
         """
+        mask = question_attention_mask
+        if mask is not None and bool((mask[:, :-1] < mask[:, 1:]).any()):
+            order = torch.argsort((mask == 0).to(torch.int8), dim=1, stable=True)
+            question_input_ids, question_attention_mask = question_input_ids.gather(1, order), mask.gather(1, order)
         text_outputs = self.breezeclip.get_text_features(question_input_ids, question_attention_mask)
         tokens = text_outputs.last_hidden_state
         mask = question_attention_mask
@@ -483,6 +490,10 @@ class BcQLMForConditionalGeneration(BcQLMPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings
 
+    def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.Tensor:
+        """Question-independent visual tokens `(batch_size, image_seq_length, hidden_size)`; see [`BcQLMModel.get_image_features`]."""
+        return self.model.get_image_features(pixel_values)
+
     def freeze_for_stage2(self, decoder_in_eval_mode: bool = True) -> None:
         """
         The paper's stage-2 recipe: freeze BreezeCLIP and the decoder (with its head); only the visual adapter and
@@ -530,7 +541,7 @@ class BcQLMForConditionalGeneration(BcQLMPreTrainedModel, GenerationMixin):
                 per image.
             pixel_values: `(batch_size, 3, image_size, image_size)`, one image per prompt.
             question_input_ids: `(batch_size, question_length)` ids of the question tokenizer (question alone).
-            image_features: `(batch_size, image_seq_length, hidden_size)` from `model.model.get_image_features`,
+            image_features: `(batch_size, image_seq_length, hidden_size)` from `get_image_features`,
                 instead of `pixel_values`: several questions about one image run its image tower once.
             labels: `(batch_size, sequence_length)` target ids, -100 where no loss is taken.
 

@@ -87,6 +87,8 @@ class BcQLMProcessor(ProcessorMixin):
             )
         if image_token not in tokenizer.get_vocab():
             tokenizer.add_tokens([AddedToken(image_token, normalized=False, special=True)], special_tokens=True)
+        # Batched generation needs prompts padded on the left, and pipelines' generic collate pads on this side.
+        tokenizer.padding_side = "left"
         self.image_token = image_token
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
         self.image_seq_length = image_seq_length

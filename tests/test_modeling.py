@@ -216,12 +216,12 @@ def test_question_padding_does_not_change_the_answer(question_pooling):
     model = make_model(std=0.2, qgcam_config={"num_attention_heads": 4, "question_pooling": question_pooling})
     inputs = make_inputs(batch_size=1, pad_question=False)
     alone = model(**inputs).logits
-    padded = dict(
-        inputs,
-        question_input_ids=torch.cat([inputs["question_input_ids"], torch.zeros(1, 3, dtype=torch.long)], 1),
-        question_attention_mask=torch.cat([inputs["question_attention_mask"], torch.zeros(1, 3, dtype=torch.long)], 1),
-    )
-    torch.testing.assert_close(model(**padded).logits, alone, atol=1e-5, rtol=1e-5)
+    ids, mask, pad = inputs["question_input_ids"], inputs["question_attention_mask"], torch.zeros(1, 3, dtype=torch.long)
+    right_padded = dict(inputs, question_input_ids=torch.cat([ids, pad], 1), question_attention_mask=torch.cat([mask, pad], 1))
+    torch.testing.assert_close(model(**right_padded).logits, alone, atol=1e-5, rtol=1e-5)
+    # A pipeline's generic collate pads every key on the decoder tokenizer's side: left.
+    left_padded = dict(inputs, question_input_ids=torch.cat([pad, ids], 1), question_attention_mask=torch.cat([pad, mask], 1))
+    torch.testing.assert_close(model(**left_padded).logits, alone, atol=1e-5, rtol=1e-5)
 
 
 def test_image_token_outside_the_embedding_table():
@@ -372,7 +372,7 @@ def test_several_questions_about_one_image_reuse_its_features(monkeypatch):
     inputs["pixel_values"] = inputs["pixel_values"][:1].expand(3, -1, -1, -1)
     expected = model.generate(**inputs, max_new_tokens=5, do_sample=False)
 
-    image_features = model.model.get_image_features(inputs.pop("pixel_values")[:1])
+    image_features = model.get_image_features(inputs.pop("pixel_values")[:1])
     calls = []
     monkeypatch.setattr(model.model, "get_image_features", lambda *args: calls.append(1))
     shared = model.generate(**inputs, image_features=image_features.expand(3, -1, -1), max_new_tokens=5, do_sample=False)

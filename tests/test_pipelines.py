@@ -260,6 +260,23 @@ def test_image_text_to_text_pipeline_with_text_and_chat(model_and_processor, fol
     assert chat["generated_text"][-1] == {"role": "assistant", "content": answer}
 
 
+def test_image_text_to_text_pipeline_batches_answer_like_single_inputs(model_and_processor, folder):
+    model, processor = model_and_processor
+    images = [make_image(seed=11), make_image(seed=12), make_image(seed=13)]
+    questions = [QUESTION, "How many wheels does the red car in the picture have?", "Is it big?"]
+    expected = [expected_answers(model, processor, image, question)[0][0] for image, question in zip(images, questions)]
+    pipe = pipeline("image-text-to-text", model=str(folder), trust_remote_code=True, batch_size=2)
+    kwargs = {"max_new_tokens": MAX_NEW_TOKENS, "do_sample": False}
+    # One conversation per (image, question): the pipeline's collate pads them into batches of two.
+    chats = [
+        [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": question}]}]
+        for image, question in zip(images, questions)
+    ]
+    results = pipe(text=chats, **kwargs)
+    assert [result["generated_text"][-1]["content"] for [result] in results] == expected
+    assert len(set(expected)) > 1  # the answers depend on the inputs, so a mix-up would show
+
+
 def test_text_iterator_streamer_yields_the_answer(model_and_processor):
     model, processor = model_and_processor
     inputs = processor(images=make_image(seed=9), text=QUESTION, return_tensors="pt")
