@@ -24,6 +24,9 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=["modeling_bcqlm"],
+    # The small model trained by `examples/train_default_model.py` ships inside the package (`DEFAULT_MODEL`).
+    package_data={"modeling_bcqlm": ["default_model/*", "default_model/question_tokenizer/*"]},
+    entry_points={"console_scripts": ["bcqlm = modeling_bcqlm.cli_bcqlm:main"]},
     python_requires=">=3.10",
     install_requires=INFERENCE,
     extras_require={"train": TRAIN, "quant": QUANT, "test": ["pytest>=8"] + TRAIN + QUANT},

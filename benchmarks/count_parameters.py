@@ -1,7 +1,11 @@
-"""Per-part parameter counts of the default (paper) BcQLM, built on the meta device (no memory is allocated).
+"""Per-part parameter counts of a BcQLM, built on the meta device (no memory is allocated): by default the paper's
+model (`BcQLMConfig()`), with `--model` a saved one (e.g. `modeling_bcqlm.DEFAULT_MODEL`, the small shipped model).
 
     python benchmarks/count_parameters.py
+    python benchmarks/count_parameters.py --model modeling_bcqlm/default_model
 """
+
+import argparse
 
 import torch
 
@@ -9,18 +13,18 @@ from modeling_bcqlm import BcQLMConfig, BcQLMForConditionalGeneration
 
 
 PARTS = {
-    "BreezeCLIP image tower (MobileViT-S)": "model.breezeclip.vision_model",
+    "BreezeCLIP image tower (MobileViT)": "model.breezeclip.vision_model",
     "BreezeCLIP question encoder (MobileBERT)": "model.breezeclip.text_model",
     "BreezeCLIP projection heads": ("model.breezeclip.visual_projection", "model.breezeclip.text_projection"),
     "Visual adapter": "model.visual_adapter",
     "Q-GCAM": "model.qgcam",
-    "Decoder (Llama-3.2-1B shape, tied LM head)": ("model.language_model", "lm_head"),
+    "Decoder (Llama, tied LM head)": ("model.language_model", "lm_head"),
 }
 
 
-def count_parameters() -> dict[str, int]:
+def count_parameters(config: BcQLMConfig | None = None) -> dict[str, int]:
     with torch.device("meta"):
-        model = BcQLMForConditionalGeneration(BcQLMConfig())
+        model = BcQLMForConditionalGeneration(config or BcQLMConfig())
     counts = {}
     for part, prefixes in PARTS.items():
         prefixes = (prefixes,) if isinstance(prefixes, str) else prefixes
@@ -30,10 +34,15 @@ def count_parameters() -> dict[str, int]:
     return counts
 
 
-def main():
+def main(argv: list[str] | None = None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="A saved BcQLM folder (default: the paper's configuration).")
+    args = parser.parse_args(argv)
+    counts = count_parameters(BcQLMConfig.from_pretrained(args.model) if args.model else None)
+    decimals = 1 if counts["Total"] >= 1e8 else 3
     print("| Part | Parameters |\n|---|---:|")
-    for part, count in count_parameters().items():
-        print(f"| {part} | {count / 1e6:,.1f} M |")
+    for part, count in counts.items():
+        print(f"| {part} | {count / 1e6:,.{decimals}f} M |")
 
 
 if __name__ == "__main__":

@@ -6,13 +6,15 @@
 The checkpoint (a folder or a Hub id) is loaded with the installed package's classes and saved into one folder: the
 safetensors weights, `config.json` (with `auto_map` and the `custom_pipelines` of both VQA tasks), the package's code
 files, `generation_config.json`, the processor (image processor, decoder tokenizer, and the question tokenizer in
-`question_tokenizer/`) and the model card as `README.md` (its example Hub id replaced by `--repo_id`). The folder is
+`question_tokenizer/`), the model card as `README.md` (its example Hub id replaced by `--repo_id`) and the image its
+examples ask about (`--example_image`). The shipped model publishes with `--model modeling_bcqlm/default_model`. The folder is
 then uploaded as a single commit, which also deletes the repository's files that the folder does not hold, so that an
 older checkpoint's files never mix with the new ones. `--dry_run` writes the folder and uploads nothing.
 """
 
 import argparse
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -22,12 +24,20 @@ from modeling_bcqlm import BcQLMForConditionalGeneration, BcQLMProcessor
 
 
 MODEL_CARD = Path(__file__).resolve().parent.parent / "model_card.md"
+# The image the model card's examples ask about, published beside it.
+EXAMPLE_IMAGE = Path(__file__).resolve().parent / "images" / "shapes.png"
 # The Hub id the model card's examples load; replaced by the published repository's id.
 CARD_REPO_ID = "your-username/bcqlm"
 
 
-def export(model: str, output_dir: str | os.PathLike, model_card: str | os.PathLike, repo_id: str | None) -> None:
-    """Write the folder to upload: model, code, generation config, processor and `README.md`."""
+def export(
+    model: str,
+    output_dir: str | os.PathLike,
+    model_card: str | os.PathLike,
+    repo_id: str | None,
+    example_image: str | os.PathLike | None = EXAMPLE_IMAGE,
+) -> None:
+    """Write the folder to upload: model, code, generation config, processor, `README.md` and the card's image."""
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()):
         raise ValueError(f"--output_dir {output_dir} is not empty: its files would be published with the model.")
@@ -37,6 +47,8 @@ def export(model: str, output_dir: str | os.PathLike, model_card: str | os.PathL
     if repo_id is not None:
         card = card.replace(CARD_REPO_ID, repo_id)
     (output_dir / "README.md").write_text(card, encoding="utf-8")
+    if example_image:
+        shutil.copyfile(example_image, output_dir / Path(example_image).name)
 
 
 def upload(folder: str | os.PathLike, repo_id: str, private: bool, commit_message: str) -> str:
@@ -55,6 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repo_id", help="The Hub repository, `owner/name` (required unless --dry_run).")
     parser.add_argument("--private", action="store_true", help="Create the repository as private.")
     parser.add_argument("--model_card", default=str(MODEL_CARD), help="Markdown file published as README.md.")
+    parser.add_argument(
+        "--example_image", default=str(EXAMPLE_IMAGE), help="Image published beside the card ('' for none)."
+    )
     parser.add_argument("--output_dir", help="Empty folder to write the export to (default: a temporary folder).")
     parser.add_argument("--dry_run", action="store_true", help="Write the folder to --output_dir; upload nothing.")
     parser.add_argument("--commit_message", default="Upload BcQLM")
@@ -66,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.output_dir or scratch
-        export(args.model, folder, args.model_card, args.repo_id)
+        export(args.model, folder, args.model_card, args.repo_id, args.example_image)
         if args.dry_run:
             print(f"Dry run: the folder to upload is {folder}")
         else:

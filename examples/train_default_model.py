@@ -11,7 +11,9 @@
 5. The decoder (a small `LlamaForCausalLM`) learns the language of the prompts and answers as a causal LM on the
    training questions and answers (text only).
 6. `conversion/compose_bcqlm.py` assembles BcQLM from the two; stage 2 (`examples/train_vqa.py`) trains it on the VQA
-   data with the recipe of `--recipe` (default `frozen_vision`: BreezeCLIP frozen; decoder, adapter and Q-GCAM trained).
+   data with the recipe of `--recipe` (default `full`: everything trained, BreezeCLIP starting from its distilled
+   weights). Each image's questions stay together in the shuffled training order, so that a batch runs the image
+   tower once per image (`order_by_image`).
 7. `examples/evaluate_vqa.py` scores it on the test split, all of it and its held-out combinations apart.
 
 `--quick` runs every step on a few examples for a smoke test. `--work_dir` keeps the intermediate folders.
@@ -28,6 +30,7 @@ import time
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
@@ -114,6 +117,31 @@ def write_caption_file(captions: datasets.Dataset, folder: Path) -> Path:
     return folder / "captions.jsonl"
 
 
+def order_by_image(questions: datasets.Dataset, seed: int) -> datasets.Dataset:
+    """Shuffle the images but keep each image's questions together, so that a batch runs the image tower once per image."""
+    image_indices = [int(question_id.split("-")[-2]) for question_id in questions["question_id"]]
+    image_order = {image: rank for rank, image in enumerate(np.random.default_rng(seed).permutation(max(image_indices) + 1))}
+    return questions.select(sorted(range(len(questions)), key=lambda row: (image_order[image_indices[row]], row)))
+
+
+def strip_remote_code(folder: Path) -> None:
+    """
+    The shipped model loads through the installed package's classes: drop the copied code files and the configs'
+    `auto_map` and `custom_pipelines` (which would make `pipeline(...)` demand `trust_remote_code=True`).
+    """
+    for code_file in folder.glob("*.py"):
+        code_file.unlink()
+
+    def without_remote_code(value):
+        if isinstance(value, dict):
+            return {k: without_remote_code(v) for k, v in value.items() if k not in ("auto_map", "custom_pipelines")}
+        return value
+
+    for config_file in folder.rglob("*config.json"):
+        config = json.loads(config_file.read_text())
+        config_file.write_text(json.dumps(without_remote_code(config), indent=2, sort_keys=True) + "\n")
+
+
 def train_decoder_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -197,21 +225,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", required=True, help="Where the trained model and its processor are written.")
     parser.add_argument("--work_dir", help="Folder of the intermediate data and models (default: a temporary one).")
-    parser.add_argument("--train_images", type=int, default=6000)
+    parser.add_argument("--train_images", type=int, default=12000)
+    parser.add_argument("--caption_images", type=int, default=2000, help="Images of the teacher's and stage 1's captions.")
     parser.add_argument("--test_images", type=int, default=400)
     parser.add_argument("--questions_per_image", type=int, default=5)
     parser.add_argument("--teacher_epochs", type=float, default=4)
     parser.add_argument("--distillation_epochs", type=float, default=4)
-    parser.add_argument("--decoder_epochs", type=float, default=2)
+    parser.add_argument("--decoder_epochs", type=float, default=0.25)
     parser.add_argument("--vqa_epochs", type=float, default=3)
     parser.add_argument(
-        "--recipe", choices=("stage2", "frozen_vision", "full"), default="frozen_vision", help="What stage 2 trains."
+        "--recipe", choices=("stage2", "frozen_vision", "full"), default="full", help="What stage 2 trains."
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="A few examples and steps: a smoke test of every step.")
     args = parser.parse_args(argv)
     if args.quick:
-        args.train_images, args.test_images, args.questions_per_image = 16, 6, 3
+        args.train_images, args.caption_images, args.test_images, args.questions_per_image = 16, 16, 6, 3
         args.teacher_epochs = args.distillation_epochs = args.decoder_epochs = args.vqa_epochs = 1
     start = time.perf_counter()
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bcqlm-default-"))
@@ -221,10 +250,11 @@ def main(argv: list[str] | None = None) -> dict:
     splits = make_synthetic_splits(
         args.train_images, args.test_images, args.seed, args.questions_per_image, image_size=IMAGE_SIZE
     )
+    splits["train"] = order_by_image(splits["train"], args.seed)
     splits["test_held_out"] = splits["test"].filter(lambda row: row["held_out"])
     splits["test_seen"] = splits["test"].filter(lambda row: not row["held_out"])
     splits.save_to_disk(str(work / "vqa"))
-    captions = make_synthetic_captions(args.train_images, args.seed, image_size=IMAGE_SIZE, split="train")
+    captions = make_synthetic_captions(args.caption_images, args.seed, image_size=IMAGE_SIZE, split="train")
     caption_file = write_caption_file(captions, work / "captions")
     log(f"data: {len(captions)} captioned images, {len(splits['train'])} training questions, {len(splits['test'])} test questions", start)
 
@@ -337,21 +367,29 @@ def main(argv: list[str] | None = None) -> dict:
         "--train_data", work / "vqa", "--train_split", "train",
         "--output_dir", work / "vqa_run",
         "--recipe", args.recipe,
+        "--train_sampling_strategy", "sequential",  # the order of `order_by_image`
         "--num_train_epochs", args.vqa_epochs,
         "--per_device_train_batch_size", "32",
         "--learning_rate", "1e-3",
-        "--warmup_steps", "50",
+        "--warmup_steps", "100",
         "--lr_scheduler_type", "cosine",
         "--save_strategy", "no", "--logging_steps", "50", "--report_to", "none", "--use_cpu", "--seed", args.seed,
     )  # fmt: skip
     log("VQA trained", start)
 
-    # 7. Evaluate on the test split, and on its held-out combinations apart.
+    # 7. The shipped folder; then its scores on the test split, and on its held-out combinations apart.
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    shutil.copytree(work / "vqa_run", output_dir, ignore=shutil.ignore_patterns("checkpoint-*", "runs", "*.json.tmp"))
+    strip_remote_code(output_dir)
+    for name in ("all_results.json", "trainer_state.json", "training_args.bin"):
+        (output_dir / name).unlink(missing_ok=True)
+
     results = {}
     for split in ("test", "test_held_out", "test_seen"):
         run_script(
             "examples/evaluate_vqa.py",
-            "--model_name_or_path", work / "vqa_run",
+            "--model_name_or_path", output_dir,
             "--data", work / "vqa", "--split", split,
             "--output_dir", work / f"eval_{split}",
             "--batch_size", "64",
@@ -359,12 +397,6 @@ def main(argv: list[str] | None = None) -> dict:
         )  # fmt: skip
         results[split] = json.loads((work / f"eval_{split}" / "results.json").read_text())
     log(f"evaluated: accuracy {results['test']['accuracy']:.4f}", start)
-
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    shutil.copytree(work / "vqa_run", output_dir, ignore=shutil.ignore_patterns("checkpoint-*", "runs", "*.json.tmp"))
-    for name in ("all_results.json", "trainer_state.json", "training_args.bin"):
-        (output_dir / name).unlink(missing_ok=True)
     summary = {
         "minutes": round((time.perf_counter() - start) / 60, 1),
         "arguments": vars(args),

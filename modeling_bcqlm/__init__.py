@@ -1,10 +1,13 @@
 """BcQLM: efficient vision-language understanding with distilled Q-gated cross-modal fusion.
 
-Importing the package registers its classes with the `transformers` Auto classes, and marks them so that
+`DEFAULT_MODEL` is the folder of the small model shipped with the package. Importing the package registers its classes with the `transformers` Auto classes, and marks them so that
 `save_pretrained` writes `auto_map` and the code files: saved folders load with `trust_remote_code=True` where the
 package is not installed.
 """
 
+from pathlib import Path
+
+import transformers.pipelines
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageTextToText, AutoProcessor
 from transformers.pipelines import PIPELINE_REGISTRY
 
@@ -20,6 +23,9 @@ from .modeling_bcqlm import (
 from .pipeline_bcqlm import VQA_TASKS, BcQLMVisualQuestionAnsweringPipeline
 from .processing_bcqlm import BcQLMProcessor
 
+
+# The small BcQLM shipped with the package (trained on synthetic shape scenes by `examples/train_default_model.py`).
+DEFAULT_MODEL = str(Path(__file__).parent / "default_model")
 
 AutoConfig.register(BreezeCLIPConfig.model_type, BreezeCLIPConfig, exist_ok=True)
 AutoConfig.register(BcQLMConfig.model_type, BcQLMConfig, exist_ok=True)
@@ -37,9 +43,12 @@ BcQLMForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToTe
 BcQLMImageProcessor.register_for_auto_class()
 BcQLMProcessor.register_for_auto_class()
 
-# `transformers` 5 removed the built-in `visual-question-answering` task and its `vqa` alias: each gets an entry.
-# Saved folders name the pipeline in `custom_pipelines` (see `BcQLMForConditionalGeneration.save_pretrained`).
+# `transformers` 5 removed the built-in `visual-question-answering` task and its `vqa` alias: each gets an entry, and
+# leaves the list of removed tasks (which `pipeline()` checks before the registry), so that with the package imported
+# `pipeline("visual-question-answering", model=...)` loads any BcQLM folder. Saved folders also name the pipeline in
+# `custom_pipelines` (see `BcQLMForConditionalGeneration.save_pretrained`), for loading as remote code.
 for _task in VQA_TASKS:
+    getattr(transformers.pipelines, "REMOVED_TASKS", {}).pop(_task, None)
     if PIPELINE_REGISTRY.supported_tasks.get(_task, {}).get("impl") is not BcQLMVisualQuestionAnsweringPipeline:
         PIPELINE_REGISTRY.register_pipeline(
             _task, pipeline_class=BcQLMVisualQuestionAnsweringPipeline, pt_model=AutoModelForImageTextToText
@@ -61,4 +70,5 @@ __all__ = [
     "BcQLMPreTrainedModel",
     "BreezeCLIPModel",
     "BreezeCLIPPreTrainedModel",
+    "DEFAULT_MODEL",
 ]

@@ -303,6 +303,8 @@ class BcQLMModel(BcQLMPreTrainedModel):
     def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.Tensor:
         """
         Question-independent visual tokens in the decoder's width (BreezeCLIP image features through the adapter).
+        Consecutive copies of one image (several questions about it, in training or in a batch) go through the image
+        tower once; their features are shared, and so are their gradients.
 
         Args:
             pixel_values: `(batch_size, num_channels, height, width)`.
@@ -317,11 +319,15 @@ class BcQLMModel(BcQLMPreTrainedModel):
                 f"`pixel_values` must have shape (batch_size, {', '.join(map(str, expected))}), got "
                 f"{tuple(pixel_values.shape)}. Prepare images with BcQLMProcessor / BcQLMImageProcessor."
             )
-        image_outputs = self.breezeclip.get_image_features(pixel_values)
+        flat = pixel_values.flatten(1)
+        starts_new_image = torch.ones(len(flat), dtype=torch.bool, device=flat.device)
+        starts_new_image[1:] = (flat[1:] != flat[:-1]).any(1)
+        image_outputs = self.breezeclip.get_image_features(pixel_values[starts_new_image])
         if self.config.vision_feature_mode == "pooled":
             features = image_outputs.pooler_output[:, None]
         else:
             features = image_outputs.last_hidden_state
+        features = features[starts_new_image.cumsum(0) - 1]  # back to one row per input
         return self.visual_adapter(features.to(self.get_input_embeddings().weight.dtype))
 
     def get_question_features(

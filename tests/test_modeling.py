@@ -387,3 +387,28 @@ def test_image_features_of_the_wrong_shape_or_with_pixel_values_are_reported():
         model(**{k: v for k, v in inputs.items() if k != "pixel_values"}, image_features=torch.randn(2, 4, 16))
     with pytest.raises(ValueError, match="not both"):
         model(**inputs, image_features=torch.randn(2, 4, 32))
+
+
+def test_consecutive_copies_of_an_image_run_the_image_tower_once():
+    model = make_model(std=0.3)
+    a, b = torch.randn(2, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, generator=torch.Generator().manual_seed(3))
+    pixel_values = torch.stack([a, a, b, b, b, a])  # questions about a, then b, then a again
+    tower = model.model.breezeclip.vision_model
+    tower_batch_sizes = []
+    tower.conv_stem.register_forward_hook(lambda module, args, output: tower_batch_sizes.append(len(args[0])))
+    features = model.get_image_features(pixel_values)
+    assert tower_batch_sizes == [3]
+    one_by_one = torch.cat([model.get_image_features(image[None]) for image in pixel_values])
+    torch.testing.assert_close(features, one_by_one, atol=1e-4, rtol=1e-4)
+
+    def tower_gradients(feature_batches):
+        model.zero_grad()
+        for batch in feature_batches:
+            model.get_image_features(batch).square().sum().backward()
+        return torch.cat([parameter.grad.flatten() for parameter in tower.parameters()])
+
+    # Training: the copies' gradients add up in the one tower pass, as if each copy had run on its own.
+    shared = tower_gradients([pixel_values])
+    separate = tower_gradients([image[None] for image in pixel_values])
+    torch.testing.assert_close(shared, separate, rtol=1e-3, atol=1e-4 * separate.abs().max().item())
+    assert not torch.allclose(shared, tower_gradients([pixel_values[:3]]), rtol=1e-3)  # and the copies did count

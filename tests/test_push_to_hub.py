@@ -20,8 +20,8 @@ from .helpers import make_image, make_model_and_processor, run_without_package
 
 ROOT = Path(__file__).resolve().parent.parent
 CARD = (ROOT / "model_card.md").read_text()
-CARD_IMAGE_URL = "http://images.cocodataset.org/val2017/000000039769.jpg"
 REPO_ID = "someone/bcqlm-tiny"
+CARD_IMAGE_URL = f"https://huggingface.co/{REPO_ID}/resolve/main/shapes.png"
 COMMIT_URL = f"https://huggingface.co/{REPO_ID}/commit/0123abc"
 QUESTION = "How many cats are there?"
 MAX_NEW_TOKENS = 5
@@ -76,6 +76,7 @@ def test_dry_run_writes_a_complete_folder(exported):
         "question_tokenizer/tokenizer.json",
         "question_tokenizer/tokenizer_config.json",
         "README.md",
+        "shapes.png",
         "configuration_bcqlm.py",
         "modeling_bcqlm.py",
         "image_processing_bcqlm.py",
@@ -114,7 +115,7 @@ def test_model_card_metadata_and_parameter_table(capsys):
     assert metadata.license == "apache-2.0"
     assert {"bcqlm", "vision-language", "image-text-to-text"} <= set(metadata.tags)
     assert "arXiv 2509.08715" in CARD and "Xiang, Sike and Chen, Shuang and Atapour-Abarghouei, Amir" in CARD
-    count_parameters.main()
+    count_parameters.main([])
     assert capsys.readouterr().out.strip() in CARD
 
 
@@ -188,7 +189,7 @@ def test_export_loads_without_the_package_and_answers_alike(tmp_path, model_and_
     snippets = re.findall(r"```python\n(.*?)```", (exported / "README.md").read_text(), re.DOTALL)
     assert len(snippets) == 4
     snippets = [
-        snippet.replace(REPO_ID, str(exported)).replace(CARD_IMAGE_URL, str(image_path)) for snippet in snippets
+        snippet.replace(CARD_IMAGE_URL, str(image_path)).replace(REPO_ID, str(exported)) for snippet in snippets
     ]
     assert not any("://" in snippet for snippet in snippets)  # nothing to download
     (tmp_path / "snippets.json").write_text(json.dumps(snippets))

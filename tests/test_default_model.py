@@ -1,0 +1,166 @@
+"""The small BcQLM shipped with the package (`modeling_bcqlm.DEFAULT_MODEL`), the `bcqlm` command and the example."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor, pipeline
+
+from modeling_bcqlm import DEFAULT_MODEL, BcQLMForConditionalGeneration, BcQLMProcessor
+from modeling_bcqlm.synthetic_shapes import make_synthetic_vqa
+
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_IMAGE = ROOT / "examples" / "images" / "shapes.png"
+# The example image is the scene of this one-image synthetic test set, which also gives its questions and answers.
+EXAMPLE_SCENE = {"num_images": 1, "seed": 7, "image_size": 128, "split": "test", "held_out_fraction": 0.0}
+MAX_SIZE_BYTES = 20 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def example():
+    """The example scene's synthetic questions: {question: answer}, and its PNG bytes."""
+    rows = make_synthetic_vqa(**EXAMPLE_SCENE).cast_column("image", datasets.Image(decode=False))
+    return {row["question"]: row["answer"] for row in rows}, rows[0]["image"]["bytes"]
+
+
+def bcqlm_command() -> str:
+    command = shutil.which("bcqlm", path=os.path.dirname(sys.executable))
+    assert command, "The `bcqlm` console command is not installed: `pip install .` installs it."
+    return command
+
+
+def run_bcqlm(*args, cwd) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    return subprocess.run([bcqlm_command(), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_example_image_is_the_synthetic_scene(example):
+    _, png = example
+    assert EXAMPLE_IMAGE.read_bytes() == png
+
+
+def test_shipped_folder_is_complete_small_and_loads_without_remote_code():
+    folder = Path(DEFAULT_MODEL)
+    files = {str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file()}
+    assert {
+        "config.json", "model.safetensors", "generation_config.json", "processor_config.json", "chat_template.jinja",
+        "tokenizer.json", "tokenizer_config.json", "question_tokenizer/tokenizer.json",
+        "question_tokenizer/tokenizer_config.json", "training_results.json",
+    } <= files  # fmt: skip
+    assert not [name for name in files if name.endswith((".py", ".bin", ".pt", ".pth"))]
+    assert sum((folder / name).stat().st_size for name in files) <= MAX_SIZE_BYTES
+    for name in files:
+        if name.endswith(".json"):
+            text = (folder / name).read_text()
+            assert '"auto_map"' not in text and '"custom_pipelines"' not in text, name
+
+
+def test_loads_through_the_auto_classes_and_answers_like_the_pipeline(example):
+    questions, _ = example
+    model = BcQLMForConditionalGeneration.from_pretrained(DEFAULT_MODEL)
+    assert type(AutoModel.from_pretrained(DEFAULT_MODEL)) is BcQLMForConditionalGeneration
+    assert type(AutoModelForImageTextToText.from_pretrained(DEFAULT_MODEL)) is BcQLMForConditionalGeneration
+    processor = AutoProcessor.from_pretrained(DEFAULT_MODEL)
+    assert isinstance(processor, BcQLMProcessor)
+    vqa = pipeline("visual-question-answering", model=DEFAULT_MODEL)
+    for question in questions:
+        inputs = processor(images=str(EXAMPLE_IMAGE), text=question, return_tensors="pt")
+        generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        [answer] = processor.batch_decode(generated, skip_special_tokens=True)
+        assert vqa(image=str(EXAMPLE_IMAGE), question=question, max_new_tokens=4)[0]["answer"] == answer
+
+
+def test_bcqlm_ask_answers_the_readme_question_correctly(tmp_path, example):
+    questions, _ = example
+    readme = (ROOT / "README.md").read_text()
+    main_command = readme.split("```bash\n", 1)[1].split("```", 1)[0].strip()
+    ask = main_command.split(" && ")[-1]
+    assert ask.startswith("bcqlm ask --image examples/images/shapes.png --question ")
+    question = ask.split("--question ", 1)[1].strip().strip('"')
+    assert question in questions
+    # From a folder outside the repository: the installed package, its command and its package data answer.
+    result = run_bcqlm("ask", "--image", EXAMPLE_IMAGE, "--question", question, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == questions[question]
+
+
+def test_bcqlm_ask_top_k_prints_scored_answers(tmp_path, example):
+    questions, _ = example
+    question = next(iter(questions))
+    result = run_bcqlm("ask", "--image", EXAMPLE_IMAGE, "--question", question, "--top_k", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line.split("\t") for line in result.stdout.strip().splitlines()]
+    assert len(lines) == 2 and all(len(line) == 2 for line in lines)
+    scores = [float(score) for score, _ in lines]
+    assert 1.0 >= scores[0] >= scores[1] > 0.0
+
+
+def test_bcqlm_ask_reports_bad_input(tmp_path):
+    missing = run_bcqlm("ask", "--image", tmp_path / "missing.png", "--question", "how many shapes?", cwd=tmp_path)
+    assert missing.returncode != 0
+    assert "bcqlm: error:" in missing.stderr and "missing.png" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    empty = run_bcqlm("ask", "--image", EXAMPLE_IMAGE, "--question", "  ", cwd=tmp_path)
+    assert empty.returncode != 0 and "--question is empty" in empty.stderr
+    bad_model = run_bcqlm("ask", "--image", EXAMPLE_IMAGE, "--question", "how many?", "--model", tmp_path, cwd=tmp_path)
+    assert bad_model.returncode != 0 and "bcqlm: error:" in bad_model.stderr and "Traceback" not in bad_model.stderr
+
+
+def test_evaluation_script_reproduces_the_reported_results(tmp_path):
+    summary = json.loads((Path(DEFAULT_MODEL) / "training_results.json").read_text())
+    arguments = summary["arguments"]
+    test = make_synthetic_vqa(
+        arguments["test_images"], arguments["seed"], arguments["questions_per_image"], 128, split="test"
+    )
+    splits = datasets.DatasetDict({"test": test, "test_held_out": test.filter(lambda row: row["held_out"])})
+    splits.save_to_disk(str(tmp_path / "data"))
+    card = (ROOT / "model_card.md").read_text()
+    for split in ("test", "test_held_out"):
+        completed = subprocess.run(
+            [
+                sys.executable, str(ROOT / "examples" / "evaluate_vqa.py"), "--model_name_or_path", DEFAULT_MODEL,
+                "--data", str(tmp_path / "data"), "--split", split, "--output_dir", str(tmp_path / split),
+                "--batch_size", "64", "--max_new_tokens", "4",
+            ],  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        results = json.loads((tmp_path / split / "results.json").read_text())
+        reported = summary["results"][split]
+        assert results["count"] == reported["count"]
+        assert results["accuracy"] == pytest.approx(reported["accuracy"], abs=1e-9)
+        for question_type, metrics in reported["per_type"].items():
+            assert results["per_type"][question_type]["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-9)
+        # The model card quotes the same numbers, in percent with one decimal.
+        assert f"value: {100 * results['accuracy']:.1f}" in card
+
+
+def test_quickstart_answers_its_default_question_correctly(example):
+    questions, _ = example
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "quickstart.py"), "--max-new-tokens", "4"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    question_line, answer_line = result.stdout.strip().splitlines()[-2:]
+    question = question_line.removeprefix("Question: ")
+    assert answer_line == f"Answer: {questions[question]}"
+
+
+def test_readme_default_model_snippet_runs(monkeypatch, capsys):
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Default model") :]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(ROOT)
+    exec(snippet, {})
+    printed = capsys.readouterr().out
+    assert printed.startswith("[{'score': ") and "'answer': " in printed
