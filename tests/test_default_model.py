@@ -69,11 +69,15 @@ def test_loads_through_the_auto_classes_and_answers_like_the_pipeline(example):
     processor = AutoProcessor.from_pretrained(DEFAULT_MODEL)
     assert isinstance(processor, BcQLMProcessor)
     vqa = pipeline("visual-question-answering", model=DEFAULT_MODEL)
+    chat = pipeline("image-text-to-text", model=DEFAULT_MODEL)
     for question in questions:
         inputs = processor(images=str(EXAMPLE_IMAGE), text=question, return_tensors="pt")
         generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
         [answer] = processor.batch_decode(generated, skip_special_tokens=True)
         assert vqa(image=str(EXAMPLE_IMAGE), question=question, max_new_tokens=4)[0]["answer"] == answer
+        messages = [{"role": "user", "content": [{"type": "image", "path": str(EXAMPLE_IMAGE)}, {"type": "text", "text": question}]}]
+        [reply] = chat(text=messages, max_new_tokens=4, do_sample=False)
+        assert reply["generated_text"][-1] == {"role": "assistant", "content": answer}
 
 
 def test_bcqlm_ask_answers_the_readme_question_correctly(tmp_path, example):
