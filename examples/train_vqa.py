@@ -95,9 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     elif script_args.recipe == "stage2":
         model.freeze_for_stage2()
     elif script_args.recipe == "frozen_vision":
-        model.freeze_for_stage2(decoder_in_eval_mode=False)
-        model.model.language_model.requires_grad_(True)
-        model.lm_head.requires_grad_(True)
+        model.freeze_for_stage2(decoder="trained")
     trainable = sum(param.numel() for param in model.parameters() if param.requires_grad)
     logger.info(f"Training {trainable:,} of {sum(param.numel() for param in model.parameters()):,} parameters.")
 

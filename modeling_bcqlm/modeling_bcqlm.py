@@ -500,17 +500,23 @@ class BcQLMForConditionalGeneration(BcQLMPreTrainedModel, GenerationMixin):
         """Question-independent visual tokens `(batch_size, image_seq_length, hidden_size)`; see [`BcQLMModel.get_image_features`]."""
         return self.model.get_image_features(pixel_values)
 
-    def freeze_for_stage2(self, decoder_in_eval_mode: bool = True) -> None:
+    def freeze_for_stage2(self, decoder: str = "frozen") -> None:
         """
-        The paper's stage-2 recipe: freeze BreezeCLIP and the decoder (with its head); only the visual adapter and
-        Q-GCAM train. Frozen parts stay in eval mode under `model.train()`, so MobileViT's batch-norm statistics and
-        the towers' dropout do not change. `decoder_in_eval_mode=False` lets the decoder follow `train()` (for adapters
-        such as LoRA added to it, whose dropout must run).
+        Stage-2 training: freeze BreezeCLIP (kept in eval mode under `model.train()`, so MobileViT's batch-norm
+        statistics and the towers' dropout do not change); the visual adapter and Q-GCAM train. The decoder (with its
+        head) is, by `decoder`:
+
+        - `"frozen"`: frozen and kept in eval mode, the paper's recipe;
+        - `"adapters"`: frozen but following `train()`, for adapters such as LoRA added to it, whose dropout must run;
+        - `"trained"`: trained.
         """
-        for module in (self.model.breezeclip, self.model.language_model, self.lm_head):
-            module.requires_grad_(False)
+        if decoder not in ("frozen", "adapters", "trained"):
+            raise ValueError(f"`decoder` must be 'frozen', 'adapters' or 'trained', got {decoder!r}.")
+        self.model.breezeclip.requires_grad_(False)
+        for module in (self.model.language_model, self.lm_head):
+            module.requires_grad_(decoder == "trained")
         self._frozen_modules = (self.model.breezeclip,)
-        if decoder_in_eval_mode:
+        if decoder == "frozen":
             self._frozen_modules += (self.model.language_model,)
         self.train(self.training)
 

@@ -510,7 +510,7 @@ def add_decoder_lora(model, r: int = 8, lora_alpha: int = 16, lora_dropout: floa
     """
     from peft import LoraConfig, get_peft_model
 
-    model.freeze_for_stage2(decoder_in_eval_mode=False)
+    model.freeze_for_stage2(decoder="adapters")
     targets = "|".join(target_modules or DECODER_LORA_TARGETS)
     config = LoraConfig(
         r=r,

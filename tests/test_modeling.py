@@ -296,6 +296,18 @@ def test_freeze_for_stage2_trains_only_adapter_and_qgcam():
     assert model.model.breezeclip.training
 
 
+@pytest.mark.parametrize("decoder", ["adapters", "trained"])
+def test_freeze_for_stage2_decoder_options(decoder):
+    model = make_model()
+    model.freeze_for_stage2(decoder=decoder)
+    trainable = {name.split(".")[1] for name, p in model.named_parameters() if p.requires_grad}  # the head is tied
+    assert trainable == {"visual_adapter", "qgcam"} | ({"language_model"} if decoder == "trained" else set())
+    model.train()
+    assert model.model.language_model.training and not model.model.breezeclip.training
+    with pytest.raises(ValueError, match="'frozen', 'adapters' or 'trained'"):
+        model.freeze_for_stage2(decoder="lora")
+
+
 # Bad input
 
 
