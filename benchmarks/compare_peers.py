@@ -209,31 +209,9 @@ def bcqlm_config(tiny: bool = False):
 
     if not tiny:
         return BcQLMConfig()
-    breezeclip_config = {
-        "vision_config": {
-            "model_type": "mobilevit",
-            "image_size": 64,  # MobileViT downsamples by 32: a 2x2 map, 4 image tokens
-            "hidden_sizes": [16, 16, 16],
-            "neck_hidden_sizes": [8, 8, 16, 16, 16, 16, 32],
-            "num_attention_heads": 2,
-            "expand_ratio": 2.0,
-            "mlp_ratio": 2.0,
-        },
-        "text_config": {
-            "model_type": "mobilebert",
-            "vocab_size": 100,
-            "hidden_size": 32,
-            "embedding_size": 16,
-            "intra_bottleneck_size": 16,
-            "true_hidden_size": 16,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "intermediate_size": 32,
-            "num_feedforward_networks": 1,
-            "max_position_embeddings": 64,
-        },
-        "projection_dim": 24,
-    }
+    from examples.tiny_bcqlm import tiny_breezeclip_config
+
+    breezeclip_config = tiny_breezeclip_config().to_dict()  # the tests' tiny towers: a 2x2 map, 4 image tokens
     return BcQLMConfig(
         breezeclip_config=breezeclip_config,
         qgcam_config={"num_attention_heads": 4},
