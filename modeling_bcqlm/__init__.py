@@ -1,8 +1,8 @@
 """BcQLM: efficient vision-language understanding with distilled Q-gated cross-modal fusion.
 
-`DEFAULT_MODEL` is the folder of the small model shipped with the package. Importing the package registers its classes with the `transformers` Auto classes, and marks them so that
-`save_pretrained` writes `auto_map` and the code files: saved folders load with `trust_remote_code=True` where the
-package is not installed.
+`DEFAULT_MODEL` is the folder of the small model shipped with the package. Importing the package registers its
+classes with the `transformers` Auto classes, and marks them so that `save_pretrained` writes `auto_map` and the code
+files: saved folders load with `trust_remote_code=True` where the package is not installed.
 """
 
 from pathlib import Path

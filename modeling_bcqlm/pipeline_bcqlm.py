@@ -158,8 +158,7 @@ class BcQLMVisualQuestionAnsweringPipeline(Pipeline):
         except Exception as error:
             shown = image if isinstance(image, str) else type(image).__name__
             raise ValueError(f"Could not read the image {shown!r}: {error}") from error
-        # The processor runs in `_forward`, on the whole batch: `Pipeline`'s generic collation pads every key on one
-        # side, but the prompts are left-padded and the questions for the question encoder right-padded.
+        # The processor runs in `_forward`, once per batch: one tokenizer and image-processor call for the batch.
         return {"image": image, "question": inputs["question"]}
 
     def _get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
