@@ -12,6 +12,9 @@ INFERENCE = [
 ]
 TRAIN = ["datasets>=3.0", "evaluate>=0.4", "peft>=0.13"]
 QUANT = ["bitsandbytes>=0.45"]
+# timm builds the released code's modules in the conversion parity tests; it needs torchvision, so the test command
+# installs torch==2.14.1 with torchvision==0.29.1 first. The package itself needs neither.
+TEST = ["pytest>=8", "timm>=1.0"]
 
 setup(
     name="bcqlm",
@@ -29,7 +32,7 @@ setup(
     entry_points={"console_scripts": ["bcqlm = modeling_bcqlm.cli_bcqlm:main"]},
     python_requires=">=3.10",
     install_requires=INFERENCE,
-    extras_require={"train": TRAIN, "quant": QUANT, "test": ["pytest>=8"] + TRAIN + QUANT},
+    extras_require={"train": TRAIN, "quant": QUANT, "test": TEST + TRAIN + QUANT},
     classifiers=[
         "Programming Language :: Python :: 3",
         "License :: OSI Approved :: Apache Software License",

@@ -51,16 +51,47 @@ def compose_bcqlm(
 ) -> tuple[BcQLMForConditionalGeneration, BcQLMProcessor]:
     """The composed model (decoder and BreezeCLIP loaded, adapter and Q-GCAM initialised) and its processor."""
     language_model = AutoModelForCausalLM.from_pretrained(language_model_path, dtype=torch.float32)
-    if not hasattr(language_model, "model") or not hasattr(language_model, "lm_head"):
-        raise ValueError(
-            f"{language_model_path} holds a {type(language_model).__name__}; BcQLM needs a Llama-family causal LM "
-            "(a `model` decoder and an `lm_head`)."
-        )
     tokenizer = AutoTokenizer.from_pretrained(language_model_path)
-    set_padding_token(tokenizer, language_model)
     breezeclip = BreezeCLIPModel.from_pretrained(breezeclip_path, dtype=torch.float32)
     question_tokenizer = AutoTokenizer.from_pretrained(breezeclip_path)
     image_processor = BcQLMImageProcessor.from_pretrained(breezeclip_path)
+    return build_bcqlm(
+        language_model,
+        tokenizer,
+        breezeclip,
+        question_tokenizer,
+        image_processor,
+        qgcam_config=qgcam_config,
+        vision_feature_mode=vision_feature_mode,
+        question_feature_mode=question_feature_mode,
+        image_token=image_token,
+        seed=seed,
+    )
+
+
+def build_bcqlm(
+    language_model,
+    tokenizer,
+    breezeclip: BreezeCLIPModel,
+    question_tokenizer,
+    image_processor: BcQLMImageProcessor,
+    qgcam_config: dict | None = None,
+    vision_feature_mode: str = "patch",
+    question_feature_mode: str = "tokens",
+    normalize_features: bool = False,
+    image_token: str = "<image>",
+    seed: int = 0,
+) -> tuple[BcQLMForConditionalGeneration, BcQLMProcessor]:
+    """
+    BcQLM from loaded parts: the causal LM and its tokenizer (a padding token is set), BreezeCLIP with its question
+    tokenizer and image processor; the adapter and Q-GCAM are freshly initialised (seeded by `seed`).
+    """
+    if not hasattr(language_model, "model") or not hasattr(language_model, "lm_head"):
+        raise ValueError(
+            f"The language model is a {type(language_model).__name__}; BcQLM needs a Llama-family causal LM "
+            "(a `model` decoder and an `lm_head`)."
+        )
+    set_padding_token(tokenizer, language_model)
 
     # The processor adds `<image>` to the tokenizer; its id is the model's image token id.
     image_size = breezeclip.config.vision_config.image_size
@@ -71,6 +102,7 @@ def compose_bcqlm(
         image_token_id=len(tokenizer) if image_token not in tokenizer.get_vocab() else tokenizer.convert_tokens_to_ids(image_token),
         vision_feature_mode=vision_feature_mode,
         question_feature_mode=question_feature_mode,
+        normalize_features=normalize_features,
     )
     processor = BcQLMProcessor(
         image_processor=image_processor,

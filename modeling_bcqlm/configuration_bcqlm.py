@@ -161,6 +161,9 @@ class BcQLMConfig(PreTrainedConfig):
         question_feature_mode (`str`, *optional*, defaults to `"tokens"`):
             `"tokens"`: Q-GCAM attends to every question token. `"pooled"`: to the question embedding alone (the
             released code's form).
+        normalize_features (`bool`, *optional*, defaults to `False`):
+            L2-normalise BreezeCLIP's image and question features (each token, and the pooled question) before the
+            adapter and Q-GCAM, as the released code feeds them its normalised contrastive embeddings.
         image_seq_length (`int`, *optional*):
             Number of visual tokens per image; derived from the image tower when not given.
 
@@ -186,6 +189,7 @@ class BcQLMConfig(PreTrainedConfig):
     image_token_id: int = 128256
     vision_feature_mode: str = "patch"
     question_feature_mode: str = "tokens"
+    normalize_features: bool = False
     image_seq_length: int | None = None
     tie_word_embeddings: bool = True
     initializer_range: float = 0.02
@@ -230,7 +234,7 @@ class BcQLMConfig(PreTrainedConfig):
         vision_config = self.breezeclip_config.vision_config
         if vision_config.model_type != "mobilevit":
             return None
-        return (vision_config.image_size // 32) ** 2
+        return (vision_config.image_size // vision_config.output_stride) ** 2
 
 
 __all__ = ["BreezeCLIPConfig", "BcQLMQGCAMConfig", "BcQLMConfig"]

@@ -327,6 +327,8 @@ class BcQLMModel(BcQLMPreTrainedModel):
             features = image_outputs.pooler_output[:, None]
         else:
             features = image_outputs.last_hidden_state
+        if self.config.normalize_features:
+            features = F.normalize(features, dim=-1)
         features = features[starts_new_image.cumsum(0) - 1]  # back to one row per input
         return self.visual_adapter(features.to(self.get_input_embeddings().weight.dtype))
 
@@ -359,6 +361,8 @@ class BcQLMModel(BcQLMPreTrainedModel):
             pooled = text_outputs.pooler_output
         if self.config.question_feature_mode == "pooled":
             tokens, mask = text_outputs.pooler_output[:, None], None
+        if self.config.normalize_features:
+            tokens, pooled = F.normalize(tokens, dim=-1), F.normalize(pooled, dim=-1)
         return tokens, pooled, mask
 
     def get_fused_image_features(

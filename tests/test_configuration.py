@@ -56,6 +56,18 @@ def test_pooled_modes_give_one_visual_token():
     assert tiny_bcqlm_config().image_seq_length == 4  # 64 px -> 2x2 map
 
 
+def test_output_stride_16_gives_a_finer_map():
+    breezeclip_config = tiny_breezeclip_config()
+    breezeclip_config.vision_config.output_stride = 16  # MobileViT's last stage dilated instead of strided
+    config = tiny_bcqlm_config()
+    config = BcQLMConfig(**{**config.to_dict(), "breezeclip_config": breezeclip_config.to_dict(), "image_seq_length": None})
+    assert config.image_seq_length == 16  # 64 px -> 4x4 map
+    model = BcQLMForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        features = model.get_image_features(torch.randn(2, 3, 64, 64))
+    assert features.shape == (2, 16, config.text_config.hidden_size)
+
+
 def test_round_trip_through_dict_and_auto_config(tmp_path):
     config = tiny_bcqlm_config(qgcam_config={"num_attention_heads": 2, "gate_type": "channel"})
     config.save_pretrained(tmp_path)

@@ -94,6 +94,29 @@ def test_bcqlm_ask_answers_the_readme_question_correctly(tmp_path, example):
     assert result.stdout.strip() == questions[question]
 
 
+
+def test_bcqlm_ask_needs_neither_torchvision_nor_timm(tmp_path, example):
+    """The test environment has both (for the conversion tests); the package must work where they are missing."""
+    questions, _ = example
+    question = next(iter(questions))
+    script = (
+        "import sys\n"
+        "sys.modules['torchvision'] = sys.modules['timm'] = None  # as if not installed: imports fail, find_spec is None\n"
+        "from modeling_bcqlm.cli_bcqlm import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, "-c", script, "ask", "--image", str(EXAMPLE_IMAGE), "--question", question],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == questions[question]
+
 def test_bcqlm_ask_top_k_prints_scored_answers(tmp_path, example):
     questions, _ = example
     question = next(iter(questions))

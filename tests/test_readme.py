@@ -25,7 +25,7 @@ def test_readme_starts_with_the_install_and_test_commands():
     main_command, test_command = bash_blocks()[:2]
     assert README.index(main_command) < 200
     assert main_command.startswith("pip install torch==2.13.0 && pip install . && ")
-    assert test_command.startswith('pip install torch==2.13.0 && pip install ".[test]" && ')
+    assert test_command.startswith('pip install torch==2.14.1 torchvision==0.29.1 && pip install ".[test]" && ')
     ci_commands = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if not line.startswith("#")]
     assert test_command in ci_commands
 

@@ -86,5 +86,6 @@ def test_remote_code_loads_without_the_package(tmp_path):
         expected = model(**inputs).logits
     expected_generated = model.generate(**inputs, max_new_tokens=5, do_sample=False)
     for name in ("auto_model", "image_text_to_text"):
-        torch.testing.assert_close(outputs[name], expected, rtol=0, atol=0)
+        # Another process may pick other CPU kernels (reduction order): equal to float rounding, not bit for bit.
+        torch.testing.assert_close(outputs[name], expected, rtol=1e-5, atol=1e-5)
         assert torch.equal(outputs[name + "_generated"], expected_generated)
