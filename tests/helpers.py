@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from examples.tiny_bcqlm import (
     BOS,
@@ -33,6 +34,7 @@ __all__ = [
     "make_question_tokenizer",
     "redraw_weights",
     "run_without_package",
+    "save_language_model",
 ]
 
 
@@ -61,6 +63,27 @@ def make_model_and_processor(seed: int = 0, std: float = 0.3, **config_kwargs):
     model, processor = make_tiny_bcqlm(**config_kwargs)
     redraw_weights(model, std)
     return model, processor
+
+
+def save_language_model(folder: Path, with_pad_token: bool = True, hidden_size: int = 32) -> LlamaForCausalLM:
+    """A tiny random `LlamaForCausalLM` folder with its tokenizer, as a local Llama checkpoint would be."""
+    tokenizer = make_decoder_tokenizer(pad_token=None if not with_pad_token else PAD)  # Llama-3 has none
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    language_model = LlamaForCausalLM(config).eval()
+    language_model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return language_model
 
 
 def run_without_package(script: str, *args: str, tmp_path: Path) -> subprocess.CompletedProcess:

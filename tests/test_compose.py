@@ -6,35 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModel, AutoProcessor, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModel, AutoProcessor
 
 from modeling_bcqlm import BcQLMForConditionalGeneration, BreezeCLIPModel
 
-from .helpers import make_decoder_tokenizer, make_image
+from .helpers import make_image, save_language_model
 from .tiny import make_breezeclip_processing, tiny_breezeclip_config
 
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def save_language_model(folder: Path, with_pad_token: bool = True) -> LlamaForCausalLM:
-    tokenizer = make_decoder_tokenizer(pad_token=None if not with_pad_token else "<|pad|>")  # Llama-3 has none
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    language_model = LlamaForCausalLM(config).eval()
-    language_model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return language_model
 
 
 def save_breezeclip(folder: Path) -> BreezeCLIPModel:

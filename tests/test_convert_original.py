@@ -16,11 +16,11 @@ import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, AutoProcessor, BertTokenizer, LlamaConfig, LlamaForCausalLM, MobileBertConfig, MobileBertModel
+from transformers import AutoModel, AutoProcessor, BertTokenizer, LlamaConfig, MobileBertConfig, MobileBertModel
 
 from modeling_bcqlm import BcQLMForConditionalGeneration, BreezeCLIPModel
 
-from .helpers import CORPUS, make_decoder_tokenizer, make_image
+from .helpers import make_decoder_tokenizer, make_image, make_question_tokenizer, save_language_model
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,10 +103,7 @@ def randomize_norms(module: nn.Module) -> None:
 
 def save_text_backbone(folder: Path) -> MobileBertModel:
     """A tiny MobileBERT folder (config, tokenizer, weights), as the released `text_backbone` names one."""
-    folder.mkdir(parents=True, exist_ok=True)
-    words = sorted({word for text in CORPUS for word in text.lower().replace("?", " ?").split()})
-    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    tokenizer = BertTokenizer(str(folder / "vocab.txt"), model_max_length=32)
+    tokenizer = make_question_tokenizer()
     config = MobileBertConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
@@ -123,26 +120,6 @@ def save_text_backbone(folder: Path) -> MobileBertModel:
     text_encoder.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return text_encoder
-
-
-def save_language_model(folder: Path) -> LlamaForCausalLM:
-    tokenizer = make_decoder_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=DECODER_WIDTH,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    language_model = LlamaForCausalLM(config).eval()
-    language_model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return language_model
 
 
 @pytest.fixture(scope="module")
@@ -366,7 +343,7 @@ def test_a_text_backbone_of_another_shape_is_refused(released, tmp_path):
     other = MobileBertConfig.from_pretrained(released["folder"] / "mobilebert")
     other.num_hidden_layers = 1
     other.save_pretrained(tmp_path / "other")
-    (tmp_path / "other" / "vocab.txt").write_text((released["folder"] / "mobilebert" / "vocab.txt").read_text())
+    make_question_tokenizer().save_pretrained(tmp_path / "other")
     with pytest.raises(ValueError, match=r"does not match a BreezeCLIP built from --text_backbone.*unexpected text_model\.encoder\.layer\.1"):
         convert_breezeclip(str(released["folder"] / "breezeclip_best.pth"), str(tmp_path / "other"), image_size=IMAGE_SIZE)
 
