@@ -196,7 +196,7 @@ def convert_timm_mobilevit(source: SourceTensors, prefix: str, image_size: int) 
     return config, tensors
 
 
-def load_checked(module: torch.nn.Module, tensors: dict, what: str, hint: str) -> None:
+def load_checked(module: torch.nn.Module, tensors: dict, what: str, hint: str, assign: bool = False) -> None:
     """`load_state_dict(strict=True)` with an error that names what does not match and what to do."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(tensors))
@@ -209,7 +209,7 @@ def load_checked(module: torch.nn.Module, tensors: dict, what: str, hint: str) -
     if missing or unexpected or mismatched:
         problems = [f"missing {key}" for key in missing[:5]] + [f"unexpected {key}" for key in unexpected[:5]] + mismatched[:5]
         raise ValueError(f"The {what} does not match {hint}: " + "; ".join(problems) + ".")
-    module.load_state_dict(tensors)
+    module.load_state_dict(tensors, assign=assign)
 
 
 def convert_breezeclip(
@@ -280,9 +280,14 @@ def convert_qgcam(source: SourceTensors, hidden_size: int) -> dict[str, torch.Te
 
 
 def convert_language_model(source: SourceTensors, language_model_path: str):
-    """The checkpoint's `LlamaForCausalLM` state dict in a model built from the LLaMA folder's config."""
+    """
+    The checkpoint's `LlamaForCausalLM` state dict in a model built from the LLaMA folder's config. The model is built
+    on the meta device and takes the checkpoint's tensors as they are (no copy, no random initialisation of 1B
+    parameters); it only serves as the source of `build_bcqlm`.
+    """
     config = AutoConfig.from_pretrained(language_model_path)
-    language_model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.device("meta"):
+        language_model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     expected = language_model.state_dict()
     tied = getattr(config, "tie_word_embeddings", False)
     # Tensors the model does not hold (e.g. rotary frequencies saved by old transformers versions) stay unused.
@@ -294,7 +299,9 @@ def convert_language_model(source: SourceTensors, language_model_path: str):
                 f"{language_model_path!r} ties them; use the LLaMA folder stage 2 started from."
             )
         tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
-    load_checked(language_model, tensors, f"decoder in {source.name}", f"the config of --language_model {language_model_path!r}")
+    load_checked(
+        language_model, tensors, f"decoder in {source.name}", f"the config of --language_model {language_model_path!r}", assign=True
+    )
     return language_model.eval()
 
 
