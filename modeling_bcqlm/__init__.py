@@ -33,7 +33,11 @@ AutoModel.register(BreezeCLIPConfig, BreezeCLIPModel, exist_ok=True)
 # Hub custom-code VLMs answer through `AutoModel`: map it to the generation class.
 AutoModel.register(BcQLMConfig, BcQLMForConditionalGeneration, exist_ok=True)
 AutoModelForImageTextToText.register(BcQLMConfig, BcQLMForConditionalGeneration, exist_ok=True)
-AutoImageProcessor.register(BcQLMConfig, image_processor_classes={"pil": BcQLMImageProcessor}, exist_ok=True)
+# One image processor, on PIL, whichever backend is asked for: where torchvision is installed `AutoImageProcessor` asks
+# for a torchvision variant first and would warn that it falls back to PIL.
+AutoImageProcessor.register(
+    BcQLMConfig, image_processor_classes={"pil": BcQLMImageProcessor, "torchvision": BcQLMImageProcessor}, exist_ok=True
+)
 AutoProcessor.register(BcQLMConfig, BcQLMProcessor, exist_ok=True)
 
 BreezeCLIPConfig.register_for_auto_class()

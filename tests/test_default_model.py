@@ -1,5 +1,6 @@
 """The small BcQLM shipped with the package (`modeling_bcqlm.DEFAULT_MODEL`), the `bcqlm` command and the example."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -191,3 +192,17 @@ def test_readme_default_model_snippet_runs(monkeypatch, capsys):
     exec(snippet, {})
     printed = capsys.readouterr().out
     assert printed.startswith("[{'score': ") and "'answer': " in printed
+
+
+def test_loading_warns_of_no_missing_torchvision_variant(tmp_path):
+    """With torchvision installed, `AutoProcessor` asks for a torchvision image processor first: no fallback warning."""
+    assert importlib.util.find_spec("torchvision") is not None, "the test command installs torchvision"
+    script = (
+        "from transformers import AutoProcessor\n"
+        "from modeling_bcqlm import DEFAULT_MODEL, BcQLMImageProcessor\n"
+        "assert isinstance(AutoProcessor.from_pretrained(DEFAULT_MODEL).image_processor, BcQLMImageProcessor)\n"
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "backend" not in result.stderr, result.stderr
