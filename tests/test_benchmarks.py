@@ -1,5 +1,5 @@
-"""Building blocks of `benchmarks/compare_peers.py`: the peers' shapes, the forced token count, the fast random init and
-one tiny end-to-end run (no timing assertions)."""
+"""Building blocks of `benchmarks/compare_peers.py` (the peers' shapes, the forced token count, the fast random init and
+one tiny end-to-end run; no timing assertions) and of `benchmarks/oracle_readout.py`."""
 
 import json
 
@@ -8,6 +8,7 @@ import torch
 
 from benchmarks import compare_peers as cp
 from modeling_bcqlm import BcQLMConfig
+from modeling_bcqlm.synthetic_shapes import make_synthetic_vqa
 
 
 def test_full_size_peers_have_the_requested_shapes():
@@ -151,3 +152,33 @@ def test_each_model_is_measured_in_its_own_process():
     )
     assert result["name"] == "smolvlm" and result["peak_rss_reset"] in (True, False)
     assert result["rss_before_build_bytes"] > 0 and result["peak_rss_bytes"] >= result["rss_after_build_bytes"] * 0.5
+
+
+def test_oracle_object_tokens_encode_the_scene():
+    from benchmarks.oracle_readout import IMAGE_SIZE, ONE_HOTS, oracle_object_tokens
+
+    scene_json = make_synthetic_vqa(1, seed=3, image_size=IMAGE_SIZE, split="test")[0]["scene"]
+    scene = json.loads(scene_json)
+    tokens = oracle_object_tokens(scene_json, num_tokens=8)
+    assert tokens.shape[0] == 8 and not tokens[len(scene) :].any()  # absent objects are zero tokens
+    for token, obj in zip(tokens, scene):
+        offset, decoded = 0, []
+        for values in ONE_HOTS:
+            assert token[offset : offset + len(values)].sum() == 1
+            decoded.append(values[int(token[offset : offset + len(values)].argmax())])
+            offset += len(values)
+        assert decoded == [obj["colour"], obj["shape"], obj["size"]]
+        assert token[offset:].tolist() == pytest.approx([obj["x"] / IMAGE_SIZE, obj["y"] / IMAGE_SIZE, 1.0])
+
+
+@pytest.mark.parametrize("readout", ["bcqlm", "transformer"])
+def test_oracle_readout_trains_and_reports_every_question_type(readout, tmp_path):
+    from benchmarks.oracle_readout import main
+
+    args = ["--readout", readout, "--train_images", "4", "--test_images", "4", "--steps", "3", "--eval_every", "2"]
+    evaluations = main([*args, "--output", str(tmp_path / "r.json")])
+    assert [evaluation["step"] for evaluation in evaluations] == [2, 3]
+    assert json.loads((tmp_path / "r.json").read_text())["evaluations"] == evaluations
+    kinds = set(make_synthetic_vqa(4, seed=0, image_size=128, split="test", held_out_fraction=0.0)["question_type"])
+    assert set(evaluations[-1]) == {"step", "seconds", "loss", "overall", *kinds}
+    assert all(0.0 <= evaluations[-1][kind] <= 100.0 for kind in [*kinds, "overall"])
