@@ -53,7 +53,9 @@ def oracle_object_tokens(scene_json: str, num_tokens: int = MAX_OBJECTS) -> torc
 class TransformerReadout(nn.Module):
     """A pre-norm transformer encoder over [object tokens; question tokens; class token] with an answer classifier."""
 
-    def __init__(self, vocab_size: int, num_answers: int, num_layers: int, hidden_size: int = 128, max_length: int = 64):
+    def __init__(
+        self, vocab_size: int, num_answers: int, num_layers: int, hidden_size: int = 128, max_length: int = 64
+    ):
         super().__init__()
         self.objects = nn.Sequential(nn.Linear(TOKEN_SIZE, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size))
         self.words = nn.Embedding(vocab_size, hidden_size)
@@ -65,9 +67,13 @@ class TransformerReadout(nn.Module):
 
     def forward(self, objects, input_ids, attention_mask):
         batch_size = input_ids.shape[0]
-        hidden = torch.cat([self.objects(objects), self.words(input_ids), self.class_token.expand(batch_size, 1, -1)], 1)
+        hidden = torch.cat(
+            [self.objects(objects), self.words(input_ids), self.class_token.expand(batch_size, 1, -1)], 1
+        )
         hidden = hidden + self.positions(torch.arange(hidden.shape[1]))
-        padding = torch.cat([objects[..., -1] == 0, attention_mask == 0, torch.zeros(batch_size, 1, dtype=torch.bool)], 1)
+        padding = torch.cat(
+            [objects[..., -1] == 0, attention_mask == 0, torch.zeros(batch_size, 1, dtype=torch.bool)], 1
+        )
         return self.classifier(self.encoder(hidden, src_key_padding_mask=padding)[:, -1])
 
 
@@ -80,7 +86,9 @@ class BcQLMReadout:
         self.processor = BcQLMProcessor.from_pretrained(DEFAULT_MODEL)
         self.collator = BcQLMVQACollator(self.processor)
         hidden_size = config.text_config.hidden_size
-        self.object_projection = nn.Sequential(nn.Linear(TOKEN_SIZE, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size))
+        self.object_projection = nn.Sequential(
+            nn.Linear(TOKEN_SIZE, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size)
+        )
         self.image_last = image_last
         self.num_tokens = config.image_seq_length
         self.objects = None
@@ -188,7 +196,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         optimizer.zero_grad()
         if step % args.eval_every == 0 or step == args.steps:
             accuracy = accuracy_by_type(readout, test_rows)
-            evaluations.append({"step": step, "seconds": round(time.perf_counter() - start, 1), "loss": loss.item(), **accuracy})
+            evaluations.append(
+                {"step": step, "seconds": round(time.perf_counter() - start, 1), "loss": loss.item(), **accuracy}
+            )
             print(json.dumps(evaluations[-1]), flush=True)
     if args.output:
         with open(args.output, "w") as f:

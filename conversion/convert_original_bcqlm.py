@@ -1,13 +1,15 @@
 """Convert checkpoints of the authors' released BcQLM code (github.com/thico0224/BcQLM) to a BcQLM folder.
 
     python conversion/convert_original_bcqlm.py \\
-        --breezeclip_checkpoint checkpoints/distill_breezeclip/breezeclip_best.pth --text_backbone google/mobilebert-uncased \\
+        --breezeclip_checkpoint checkpoints/distill_breezeclip/breezeclip_best.pth \\
+        --text_backbone google/mobilebert-uncased \\
         --bcqlm_checkpoint checkpoints/bcqlm/bcqlm_epoch10.pth --language_model path/to/Llama-3.2-1B \\
         --output_dir bcqlm-converted
 
 Inputs, as the released scripts write and read them:
-- `--breezeclip_checkpoint`: stage 1's `breezeclip_best.pth`, `{"model": state_dict, "best_val", "epoch"}`: a timm MobileViT
-  (`image_encoder.backbone.*`, xxs, xs or s), a transformers MobileBERT (`text_encoder.*`) and the two projection heads.
+- `--breezeclip_checkpoint`: stage 1's `breezeclip_best.pth`, `{"model": state_dict, "best_val", "epoch"}`: a timm
+  MobileViT (`image_encoder.backbone.*`, xxs, xs or s), a transformers MobileBERT (`text_encoder.*`) and the two
+  projection heads.
 - `--text_backbone`: the MobileBERT folder or Hub id stage 1 started from (`text_backbone` of the released
   `distill.yaml`): its config and tokenizer; the weights come from the checkpoint.
 - `--bcqlm_checkpoint`: stage 2's `bcqlm_epoch{N}.pth`, `{"adapter", "dgca", "llama", "loss", "epoch"}`.
@@ -85,12 +87,14 @@ def load_released_checkpoint(path: str, required_keys: tuple[str, ...], what: st
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise ValueError(
-            f"{path!r} holds objects other than tensors and plain containers, which are not unpickled (weights_only=True)"
-            f": it is not a {what} of the released code ({err})."
+            f"{path!r} holds objects other than tensors and plain containers, which are not unpickled "
+            f"(weights_only=True): it is not a {what} of the released code ({err})."
         ) from err
     if not isinstance(checkpoint, dict) or not all(key in checkpoint for key in required_keys):
         found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise ValueError(f"{path!r} is not a {what} of the released code: expected the keys {list(required_keys)}, got {found}.")
+        raise ValueError(
+            f"{path!r} is not a {what} of the released code: expected the keys {list(required_keys)}, got {found}."
+        )
     return checkpoint
 
 
@@ -187,7 +191,9 @@ def convert_timm_mobilevit(source: SourceTensors, prefix: str, image_size: int) 
         tensors[f"{hf_stage}.conv_1x1.convolution.weight"] = source.take(f"{timm_stage}.1.conv_1x1.weight")
         for layer in range(depth):
             tensors.update(
-                _transformer_layer(source, f"{timm_stage}.1.transformer.{layer}", f"{hf_stage}.transformer.layer.{layer}")
+                _transformer_layer(
+                    source, f"{timm_stage}.1.transformer.{layer}", f"{hf_stage}.transformer.layer.{layer}"
+                )
             )
         tensors.update(_linear(source, f"{timm_stage}.1.norm", f"{hf_stage}.layernorm"))
         tensors.update(_conv_norm(source, f"{timm_stage}.1.conv_proj", f"{hf_stage}.conv_projection"))
@@ -207,7 +213,9 @@ def load_checked(module: torch.nn.Module, tensors: dict, what: str, hint: str, a
         if key in tensors and tensors[key].shape != expected[key].shape
     ]
     if missing or unexpected or mismatched:
-        problems = [f"missing {key}" for key in missing[:5]] + [f"unexpected {key}" for key in unexpected[:5]] + mismatched[:5]
+        problems = (
+            [f"missing {key}" for key in missing[:5]] + [f"unexpected {key}" for key in unexpected[:5]] + mismatched[:5]
+        )
         raise ValueError(f"The {what} does not match {hint}: " + "; ".join(problems) + ".")
     module.load_state_dict(tensors, assign=assign)
 
@@ -220,16 +228,20 @@ def convert_breezeclip(
 ) -> tuple[BreezeCLIPModel, BcQLMImageProcessor, object, list[str]]:
     """
     Stage 1's checkpoint as a `BreezeCLIPModel`, with the released image transform as a `BcQLMImageProcessor` and the
-    text backbone's tokenizer. Also returns the checkpoint tensors left unused (the MobileBERT pooler, which the released
-    forward never calls).
+    text backbone's tokenizer. Also returns the checkpoint tensors left unused (the MobileBERT pooler, which the
+    released forward never calls).
     """
-    checkpoint = load_released_checkpoint(checkpoint_path, ("model",), "stage-1 BreezeCLIP checkpoint (breezeclip_best.pth)")
+    checkpoint = load_released_checkpoint(
+        checkpoint_path, ("model",), "stage-1 BreezeCLIP checkpoint (breezeclip_best.pth)"
+    )
     source = SourceTensors(checkpoint["model"], Path(checkpoint_path).name)
     vision_config, vision_tensors = convert_timm_mobilevit(source, "image_encoder.backbone.", image_size)
     tensors = {f"vision_model.{key}": value for key, value in vision_tensors.items()}
     # The released forward reads MobileBERT's last [CLS] state, never its pooler: the pooler stays unused.
-    text_keys = [key for key in source.tensors if key.startswith("text_encoder.") and not key.startswith("text_encoder.pooler.")]
-    tensors.update({f"text_model.{key[len('text_encoder.'):]}": source.take(key) for key in text_keys})
+    text_keys = [
+        key for key in source.tensors if key.startswith("text_encoder.") and not key.startswith("text_encoder.pooler.")
+    ]
+    tensors.update({f"text_model.{key[len('text_encoder.') :]}": source.take(key) for key in text_keys})
     tensors.update(_linear(source, "image_proj", "visual_projection"))
     tensors.update(_linear(source, "text_proj", "text_projection"))
     config = BreezeCLIPConfig(
@@ -241,7 +253,12 @@ def convert_breezeclip(
 
     model = BreezeCLIPModel(config).eval()
     tensors["logit_scale"] = model.logit_scale.detach().clone()  # the released code's fixed temperature
-    load_checked(model, tensors, f"stage-1 checkpoint {checkpoint_path!r}", f"a BreezeCLIP built from --text_backbone {text_backbone!r}")
+    load_checked(
+        model,
+        tensors,
+        f"stage-1 checkpoint {checkpoint_path!r}",
+        f"a BreezeCLIP built from --text_backbone {text_backbone!r}",
+    )
 
     image_processor = BcQLMImageProcessor(
         size={"shortest_edge": round(image_size * RELEASED_RESIZE_RATIO)},
@@ -291,16 +308,26 @@ def convert_language_model(source: SourceTensors, language_model_path: str):
     expected = language_model.state_dict()
     tied = getattr(config, "tie_word_embeddings", False)
     # Tensors the model does not hold (e.g. rotary frequencies saved by old transformers versions) stay unused.
-    tensors = {key: source.take(key) for key in list(source.tensors) if key in expected and not (tied and key == "lm_head.weight")}
+    tensors = {
+        key: source.take(key)
+        for key in list(source.tensors)
+        if key in expected and not (tied and key == "lm_head.weight")
+    }
     if tied and "model.embed_tokens.weight" in tensors:
-        if "lm_head.weight" in source and not torch.equal(source.take("lm_head.weight"), tensors["model.embed_tokens.weight"]):
+        if "lm_head.weight" in source and not torch.equal(
+            source.take("lm_head.weight"), tensors["model.embed_tokens.weight"]
+        ):
             raise ValueError(
                 f"{source.name}: `lm_head.weight` differs from `model.embed_tokens.weight`, but the config of "
                 f"{language_model_path!r} ties them; use the LLaMA folder stage 2 started from."
             )
         tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
     load_checked(
-        language_model, tensors, f"decoder in {source.name}", f"the config of --language_model {language_model_path!r}", assign=True
+        language_model,
+        tensors,
+        f"decoder in {source.name}",
+        f"the config of --language_model {language_model_path!r}",
+        assign=True,
     )
     return language_model.eval()
 
@@ -316,8 +343,12 @@ def convert_original_bcqlm(
     question_feature_mode: str = "pooled",
 ):
     """Both released checkpoints as a `BcQLMForConditionalGeneration` and its processor, and the unused tensors."""
-    breezeclip, image_processor, question_tokenizer, unused = convert_breezeclip(breezeclip_checkpoint, text_backbone, image_size)
-    checkpoint = load_released_checkpoint(bcqlm_checkpoint, ("adapter", "dgca", "llama"), "stage-2 BcQLM checkpoint (bcqlm_epoch{N}.pth)")
+    breezeclip, image_processor, question_tokenizer, unused = convert_breezeclip(
+        breezeclip_checkpoint, text_backbone, image_size
+    )
+    checkpoint = load_released_checkpoint(
+        bcqlm_checkpoint, ("adapter", "dgca", "llama"), "stage-2 BcQLM checkpoint (bcqlm_epoch{N}.pth)"
+    )
     name = Path(bcqlm_checkpoint).name
     llama = SourceTensors(checkpoint["llama"], f"{name} [llama]")
     language_model = convert_language_model(llama, language_model_path)
@@ -353,10 +384,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--breezeclip_checkpoint", required=True, help="Stage 1's breezeclip_best.pth.")
     parser.add_argument("--text_backbone", required=True, help="The MobileBERT folder or Hub id stage 1 started from.")
-    parser.add_argument("--bcqlm_checkpoint", help="Stage 2's bcqlm_epoch{N}.pth; without it a BreezeCLIP folder is written.")
+    parser.add_argument(
+        "--bcqlm_checkpoint", help="Stage 2's bcqlm_epoch{N}.pth; without it a BreezeCLIP folder is written."
+    )
     parser.add_argument("--language_model", help="The LLaMA folder stage 2 started from (config and tokenizer).")
     parser.add_argument("--output_dir", required=True, help="Where the converted folder is written.")
-    parser.add_argument("--image_size", type=int, default=224, help="Image size stage 1 was trained at (released: 224).")
+    parser.add_argument(
+        "--image_size", type=int, default=224, help="Image size stage 1 was trained at (released: 224)."
+    )
     parser.add_argument("--qgcam_heads", type=int, default=RELEASED_QGCAM_HEADS, help="Q-GCAM's attention heads.")
     parser.add_argument("--vision_feature_mode", choices=VISION_FEATURE_MODES, default="pooled")
     parser.add_argument("--question_feature_mode", choices=QUESTION_FEATURE_MODES, default="pooled")
@@ -389,7 +424,9 @@ def main(argv: list[str] | None = None) -> None:
         logger.warning(f"{len(unused)} checkpoint tensors are not part of the converted model: " + ", ".join(unused))
     for part in saved:
         part.save_pretrained(args.output_dir)
-    logger.info(f"Saved the converted {type(model).__name__} ({model.num_parameters():,} parameters) to {args.output_dir}.")
+    logger.info(
+        f"Saved the converted {type(model).__name__} ({model.num_parameters():,} parameters) to {args.output_dir}."
+    )
 
 
 if __name__ == "__main__":
