@@ -39,3 +39,23 @@ def test_quick_run_trains_every_stage_and_saves_a_loadable_model(tmp_path):
     assert isinstance(model, BcQLMForConditionalGeneration)
     processor = AutoProcessor.from_pretrained(tmp_path / "model")
     assert processor.image_processor.crop_size["height"] == model.config.breezeclip_config.vision_config.image_size
+
+
+def test_order_by_image_shuffles_images_and_keeps_their_questions_together():
+    sys.path.insert(0, str(REPO / "examples"))
+    from train_default_model import order_by_image
+
+    from modeling_bcqlm.synthetic_shapes import make_synthetic_vqa
+
+    questions = make_synthetic_vqa(12, seed=0, image_size=96, split="train")
+    image_of_row = [int(question_id.split("-")[-2]) for question_id in questions["question_id"]]
+    questions = questions.map(lambda row, index: {"question_id": f"q{index}"}, with_indices=True)  # ids say nothing
+    ordered = order_by_image(questions, seed=0)
+    rows = [int(question_id[1:]) for question_id in ordered["question_id"]]
+    assert sorted(rows) == list(range(len(questions)))
+    images = [image_of_row[row] for row in rows]
+    runs = [image for position, image in enumerate(images) if position == 0 or images[position - 1] != image]
+    assert len(runs) == 12 and sorted(runs) == list(range(12))  # each image's questions in one run
+    assert runs != sorted(runs)  # the images are shuffled
+    assert all(rows[i] < rows[i + 1] for i in range(len(rows) - 1) if images[i] == images[i + 1])
+    assert order_by_image(questions, seed=0)["question_id"] == ordered["question_id"]
