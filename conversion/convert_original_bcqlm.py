@@ -113,17 +113,18 @@ def _inverted_residual(source: SourceTensors, timm_name: str, hf_name: str) -> d
     return tensors
 
 
-def _linear(source: SourceTensors, timm_name: str, hf_name: str) -> dict[str, torch.Tensor]:
+def _weight_and_bias(source: SourceTensors, timm_name: str, hf_name: str) -> dict[str, torch.Tensor]:
+    """A linear layer's or a LayerNorm's `weight` and `bias`, renamed."""
     return {f"{hf_name}.{tensor}": source.take(f"{timm_name}.{tensor}") for tensor in ("weight", "bias")}
 
 
 def _transformer_layer(source: SourceTensors, timm_name: str, hf_name: str) -> dict[str, torch.Tensor]:
     tensors = {
-        **_linear(source, f"{timm_name}.norm1", f"{hf_name}.layernorm_before"),
-        **_linear(source, f"{timm_name}.attn.proj", f"{hf_name}.attention.output.dense"),
-        **_linear(source, f"{timm_name}.norm2", f"{hf_name}.layernorm_after"),
-        **_linear(source, f"{timm_name}.mlp.fc1", f"{hf_name}.intermediate.dense"),
-        **_linear(source, f"{timm_name}.mlp.fc2", f"{hf_name}.output.dense"),
+        **_weight_and_bias(source, f"{timm_name}.norm1", f"{hf_name}.layernorm_before"),
+        **_weight_and_bias(source, f"{timm_name}.attn.proj", f"{hf_name}.attention.output.dense"),
+        **_weight_and_bias(source, f"{timm_name}.norm2", f"{hf_name}.layernorm_after"),
+        **_weight_and_bias(source, f"{timm_name}.mlp.fc1", f"{hf_name}.intermediate.dense"),
+        **_weight_and_bias(source, f"{timm_name}.mlp.fc2", f"{hf_name}.output.dense"),
     }
     # timm's fused qkv projection is [query; key; value] along the output dimension.
     for tensor in ("weight", "bias"):
@@ -195,7 +196,7 @@ def convert_timm_mobilevit(source: SourceTensors, prefix: str, image_size: int) 
                     source, f"{timm_stage}.1.transformer.{layer}", f"{hf_stage}.transformer.layer.{layer}"
                 )
             )
-        tensors.update(_linear(source, f"{timm_stage}.1.norm", f"{hf_stage}.layernorm"))
+        tensors.update(_weight_and_bias(source, f"{timm_stage}.1.norm", f"{hf_stage}.layernorm"))
         tensors.update(_conv_norm(source, f"{timm_stage}.1.conv_proj", f"{hf_stage}.conv_projection"))
         tensors.update(_conv_norm(source, f"{timm_stage}.1.conv_fusion", f"{hf_stage}.fusion"))
     tensors.update(_conv_norm(source, f"{prefix}final_conv", "conv_1x1_exp"))
@@ -242,8 +243,8 @@ def convert_breezeclip(
         key for key in source.tensors if key.startswith("text_encoder.") and not key.startswith("text_encoder.pooler.")
     ]
     tensors.update({f"text_model.{key[len('text_encoder.') :]}": source.take(key) for key in text_keys})
-    tensors.update(_linear(source, "image_proj", "visual_projection"))
-    tensors.update(_linear(source, "text_proj", "text_projection"))
+    tensors.update(_weight_and_bias(source, "image_proj", "visual_projection"))
+    tensors.update(_weight_and_bias(source, "text_proj", "text_projection"))
     config = BreezeCLIPConfig(
         vision_config=vision_config.to_dict(),
         text_config=AutoConfig.from_pretrained(text_backbone).to_dict(),
@@ -277,7 +278,7 @@ def convert_qgcam(source: SourceTensors, hidden_size: int) -> dict[str, torch.Te
     tensors = {}
     for released, ours in (("text_proj", "question_proj"), ("text_global_proj", "question_global_proj")):
         if f"{released}.weight" in source:
-            tensors.update(_linear(source, released, ours))
+            tensors.update(_weight_and_bias(source, released, ours))
         else:
             tensors[f"{ours}.weight"] = torch.eye(hidden_size)
             tensors[f"{ours}.bias"] = torch.zeros(hidden_size)
@@ -292,7 +293,7 @@ def convert_qgcam(source: SourceTensors, hidden_size: int) -> dict[str, torch.Te
         ("ffn.0", "ffn_fc1"),
         ("ffn.2", "ffn_fc2"),
     ):
-        tensors.update(_linear(source, released, ours))
+        tensors.update(_weight_and_bias(source, released, ours))
     return tensors
 
 

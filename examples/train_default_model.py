@@ -20,7 +20,6 @@
 """
 
 import argparse
-import hashlib
 import json
 import re
 import shutil
@@ -121,8 +120,8 @@ def write_caption_file(captions: datasets.Dataset, folder: Path) -> Path:
 def order_by_image(questions: datasets.Dataset, seed: int) -> datasets.Dataset:
     """Shuffle the images but keep each image's questions together, so that a batch runs the image tower once per image."""
     images = questions.cast_column("image", datasets.Image(decode=False))["image"]
-    image_ids = {}  # image bytes' hash -> rank of first appearance
-    image_indices = [image_ids.setdefault(hashlib.blake2b(image["bytes"]).digest(), len(image_ids)) for image in images]
+    image_ids = {}  # image bytes -> rank of first appearance
+    image_indices = [image_ids.setdefault(image["bytes"], len(image_ids)) for image in images]
     image_order = np.argsort(np.random.default_rng(seed).permutation(len(image_ids)))
     return questions.select(sorted(range(len(questions)), key=lambda row: (image_order[image_indices[row]], row)))
 

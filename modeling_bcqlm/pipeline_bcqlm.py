@@ -5,8 +5,6 @@ classic pipeline's inputs and outputs (`[{"score": float, "answer": str}]`). Sav
 `custom_pipelines`, so it loads as remote code beside the model.
 """
 
-import hashlib
-
 import torch
 from transformers import GenerationConfig
 from transformers.image_utils import load_image
@@ -166,24 +164,13 @@ class BcQLMVisualQuestionAnsweringPipeline(Pipeline):
     def _get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """
         Features of `pixel_values` `(batch_size, 3, height, width)`, `(batch_size, image_seq_length, hidden_size)`,
-        running the image tower once per distinct image not already seen by the previous batch of this call (images
-        are told apart by a hash of their pixels).
+        running the image tower on the distinct images not already seen by the previous batch of this call.
         """
-        keys = [
-            hashlib.blake2b(image.detach().cpu().contiguous().flatten().view(torch.uint8).numpy(), digest_size=16).digest()
-            for image in pixel_values
-        ]
-        previous = self._image_features_cache or {}
-        first_rows = {}
-        for row, key in enumerate(keys):
-            if key not in previous:
-                first_rows.setdefault(key, row)
-        features = dict(previous)
-        if first_rows:
-            new_features = self.model.get_image_features(pixel_values[list(first_rows.values())])
-            features.update(zip(first_rows, new_features))
-        self._image_features_cache = {key: features[key] for key in keys}
-        return torch.stack([features[key] for key in keys])
+        images, index = torch.unique(pixel_values, dim=0, return_inverse=True)
+        cache = self._image_features_cache
+        if cache is None or not torch.equal(cache[0], images):
+            self._image_features_cache = cache = (images, self.model.get_image_features(images))
+        return cache[1][index]
 
     def _forward(self, model_inputs, top_k=1, generate_kwargs=None):
         model_inputs = self.processor(images=model_inputs["image"], text=model_inputs["question"], return_tensors="pt")

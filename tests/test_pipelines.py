@@ -164,8 +164,7 @@ def test_batch_size_answers_like_batch_size_one(model_and_processor, vqa, image_
     )
     image_tower_calls.clear()
     assert_same_answers(batched_vqa(inputs), singles)
-    # Batches (0, 1), (2, 0) and (1): the tower sees the images the previous batch did not have.
-    assert image_tower_calls == [2, 1, 1]
+    assert image_tower_calls == [2, 2, 1]  # batches (0, 1), (2, 0) and (1): each distinct image of a batch once
     assert_same_answers(vqa(inputs, batch_size=3), singles)
     assert_same_answers(vqa(inputs, batch_size=2, top_k=2), vqa(inputs, top_k=2))
 
