@@ -24,7 +24,7 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
-from transformers import HfArgumentParser
+from transformers import BitsAndBytesConfig, HfArgumentParser
 
 from modeling_bcqlm import BcQLMForConditionalGeneration, BcQLMProcessor, vqa_accuracy
 from modeling_bcqlm.data_bcqlm import load_vqa_dataset
@@ -33,6 +33,11 @@ from modeling_bcqlm.data_bcqlm import load_vqa_dataset
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+QUANTIZATION = {
+    "int8": BitsAndBytesConfig(load_in_8bit=True),
+    "nf4": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True),
+    "fp4": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="fp4"),
+}
 
 
 @dataclass
@@ -48,6 +53,13 @@ class EvaluationArguments:
     max_new_tokens: int = field(default=10, metadata={"help": "Longest answer, in decoder tokens."})
     max_samples: int | None = field(default=None, metadata={"help": "Evaluate the first N questions only."})
     dtype: str = field(default="float32", metadata={"help": "Weights' dtype: float32, bfloat16 or float16."})
+    quantization: str | None = field(
+        default=None,
+        metadata={
+            "help": "Load with bitsandbytes: int8, nf4 (double quantization) or fp4. The decoder, adapter and Q-GCAM "
+            "linear layers are quantized; BreezeCLIP stays in full precision."
+        },
+    )
     resume: bool = field(default=False, metadata={"help": "Keep the predictions already in predictions.jsonl."})
     use_cpu: bool = field(default=False, metadata={"help": "Run on the CPU (and, under accelerate, DDP over gloo)."})
 
@@ -55,11 +67,24 @@ class EvaluationArguments:
 def answer_questions(model, processor, rows, max_new_tokens: int) -> list[str]:
     """Greedy answers to a batch of rows holding an `image` and a `question`."""
     inputs = processor(
-        images=[row["image"].convert("RGB") for row in rows], text=[row["question"] for row in rows], return_tensors="pt"
+        images=[row["image"].convert("RGB") for row in rows],
+        text=[row["question"] for row in rows],
+        return_tensors="pt",
     ).to(model.device)
     with torch.inference_mode():
         generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     return processor.post_process_image_text_to_text(generated[:, inputs["input_ids"].shape[1] :])
+
+
+def load_model(model_name_or_path: str, dtype: torch.dtype, quantization: str | None, device) -> torch.nn.Module:
+    """The model in eval mode on `device`, its weights in `dtype` or, with `quantization`, in bitsandbytes form."""
+    if quantization is None:
+        model = BcQLMForConditionalGeneration.from_pretrained(model_name_or_path, dtype=dtype).to(device)
+    else:  # a quantized model is placed by `device_map`; it cannot be moved afterwards
+        model = BcQLMForConditionalGeneration.from_pretrained(
+            model_name_or_path, dtype=dtype, quantization_config=QUANTIZATION[quantization], device_map={"": device}
+        )
+    return model.eval()
 
 
 def score(predictions: list[dict]) -> dict:
@@ -81,6 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     if args.dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {args.dtype!r}.")
+    if args.quantization is not None and args.quantization not in QUANTIZATION:
+        raise ValueError(f"--quantization must be one of {sorted(QUANTIZATION)}, got {args.quantization!r}.")
     state = PartialState(cpu=args.use_cpu)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and state.num_processes != world_size:
@@ -112,8 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     todo = [index for index, question_id in enumerate(dataset["question_id"]) if question_id not in done]
 
     processor = BcQLMProcessor.from_pretrained(args.model_name_or_path)
-    model = BcQLMForConditionalGeneration.from_pretrained(args.model_name_or_path, dtype=DTYPES[args.dtype])
-    model.to(state.device).eval()
+    model = load_model(args.model_name_or_path, DTYPES[args.dtype], args.quantization, state.device)
 
     new_predictions = []
     with state.split_between_processes(todo) as shard:
@@ -143,13 +169,21 @@ def main(argv: list[str] | None = None) -> dict:
         with open(predictions_file, "a") as f:
             f.writelines(json.dumps(record) + "\n" for record in new_predictions)
     predictions = list(done.values()) + new_predictions
-    results = {"model": args.model_name_or_path, "data": args.data, **score(predictions)}
+    results = {
+        "model": args.model_name_or_path,
+        "data": args.data,
+        "dtype": args.dtype,
+        "quantization": args.quantization,
+        **score(predictions),
+    }
     with open(output_dir / "results.json", "w") as f:
         json.dump(results, f, indent=2)
 
     print(f"{'question type':<24} {'count':>7} {'VQA acc':>8} {'exact':>8}")
     for name, metrics in [("overall", results)] + list(results["per_type"].items()):
-        print(f"{name:<24} {metrics['count']:>7} {100 * metrics['accuracy']:>8.2f} {100 * metrics['exact_match']:>8.2f}")
+        print(
+            f"{name:<24} {metrics['count']:>7} {100 * metrics['accuracy']:>8.2f} {100 * metrics['exact_match']:>8.2f}"
+        )
     return results
 
 

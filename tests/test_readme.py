@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -55,3 +57,22 @@ def test_multi_question_benchmark_gives_the_same_answers(tmp_path):
     assert "benchmarks/multi_question.py --full_size" in README
     rows = json.loads((tmp_path / "r.json").read_text())["results"]
     assert rows and all(row["same_answers"] for row in rows)
+
+
+def test_quantized_accuracy_command_on_a_few_test_images(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    (command,) = [block for block in bash_blocks() if block.startswith("python benchmarks/quantized_accuracy.py")]
+    args = command.split()[1:]
+    args[args.index("--output") + 1] = str(tmp_path / "results.json")
+    result = run(*args, "--test_images", "12", "--storages", "fp32,int8,nf4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "results.json").read_text())["summary"]
+    assert summary["fp32"]["test"]["count"] == 60 and summary["fp32"]["test"]["same_answer_as_fp32"] == 1.0
+    for storage in ("int8", "nf4"):
+        assert summary[storage]["memory_footprint_bytes"] < 0.7 * summary["fp32"]["memory_footprint_bytes"]
+        assert summary[storage]["test"]["count"] == 60
+        # The trained default answers (almost) as in full precision; a broken quantized load answers at random.
+        assert summary[storage]["test"]["same_answer_as_fp32"] >= 0.9, summary[storage]["test"]
+        change = summary[storage]["test"]["accuracy"] - summary["fp32"]["test"]["accuracy"]
+        assert summary[storage]["test"]["accuracy_change_vs_fp32"] == pytest.approx(change)
+    assert run(command.split()[1], "--storages", "int8,nf4").returncode == 2  # no fp32 reference: a usage error

@@ -174,6 +174,8 @@ def test_train_and_evaluate_vqa_scripts(tmp_path, data, bcqlm_folder):
     assert resumed == results
     with pytest.raises(ValueError, match="--dtype"):
         evaluate_vqa.main(eval_args + ["--dtype", "float8"])
+    with pytest.raises(ValueError, match="--quantization must be one of"):
+        evaluate_vqa.main(eval_args + ["--quantization", "int9"])
 
 
 def free_port() -> int:

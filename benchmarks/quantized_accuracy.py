@@ -1,0 +1,151 @@
+"""Accuracy of the embedded default BcQLM loaded with bitsandbytes 8-bit and 4-bit, against full precision, on its own
+synthetic test split (regenerated from `training_results.json`, as `tests/test_default_model.py` does).
+
+    python benchmarks/quantized_accuracy.py --output benchmarks/results/quantized_accuracy.json
+
+For each storage (fp32, int8, nf4 with double quantization, fp4) it runs `examples/evaluate_vqa.py` on the `test` and
+`test_held_out` splits and reports VQA accuracy overall and per question type, the share of questions answered exactly
+as in fp32, `get_memory_footprint()` and the wall time of the evaluation. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # `python benchmarks/quantized_accuracy.py` from a checkout that is not installed
+    sys.path.insert(0, str(REPO_ROOT))
+
+import datasets  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.compare_peers import machine_info  # noqa: E402
+from examples import evaluate_vqa  # noqa: E402
+from modeling_bcqlm import DEFAULT_MODEL  # noqa: E402
+from modeling_bcqlm.synthetic_shapes import make_synthetic_vqa  # noqa: E402
+
+
+STORAGES = ("fp32", "int8", "nf4", "fp4")
+SPLITS = ("test", "test_held_out")
+QUESTION_TYPES = ("attribute", "existence", "counting", "spatial", "comparison")
+
+
+def save_test_splits(model_folder: Path, folder: Path, test_images: int | None) -> None:
+    """The model's synthetic test split (and its held-out-scene part) as a DatasetDict saved in `folder`."""
+    arguments = json.loads((model_folder / "training_results.json").read_text())["arguments"]
+    test = make_synthetic_vqa(
+        test_images or arguments["test_images"], arguments["seed"], arguments["questions_per_image"], 128, split="test"
+    )
+    datasets.DatasetDict({"test": test, "test_held_out": test.filter(lambda row: row["held_out"])}).save_to_disk(folder)
+
+
+def read_answers(output_dir: Path) -> dict:
+    with open(output_dir / "predictions.jsonl") as f:
+        return {record["question_id"]: record["answer"] for record in map(json.loads, f)}
+
+
+def evaluate(model_folder: Path, data: Path, workdir: Path, storage: str, batch_size: int) -> dict:
+    """Per split: the evaluation's results, its answers and wall time; and the loaded model's memory footprint."""
+    quantization = None if storage == "fp32" else storage
+    model = evaluate_vqa.load_model(str(model_folder), torch.float32, quantization, "cpu")
+    footprint = model.get_memory_footprint()
+    del model
+    measured = {"memory_footprint_bytes": footprint, "splits": {}}
+    for split in SPLITS:
+        output_dir = workdir / storage / split
+        argv = [
+            "--model_name_or_path", str(model_folder), "--data", str(data), "--split", split,
+            "--output_dir", str(output_dir), "--batch_size", str(batch_size), "--max_new_tokens", "4",
+        ]  # fmt: skip
+        if quantization is not None:
+            argv += ["--quantization", quantization]
+        start = time.perf_counter()
+        results = evaluate_vqa.main(argv)
+        measured["splits"][split] = {
+            "seconds": time.perf_counter() - start,
+            "results": results,
+            "answers": read_answers(output_dir),
+        }
+    return measured
+
+
+def summarise(measured: dict) -> dict:
+    """Accuracy, per-type accuracy, agreement with fp32 and footprint ratio of every storage."""
+    reference = measured["fp32"]
+    summary = {}
+    for storage, values in measured.items():
+        summary[storage] = {
+            "memory_footprint_bytes": values["memory_footprint_bytes"],
+            "footprint_over_fp32": values["memory_footprint_bytes"] / reference["memory_footprint_bytes"],
+        }
+        for split, split_values in values["splits"].items():
+            answers, reference_answers = split_values["answers"], reference["splits"][split]["answers"]
+            results = split_values["results"]
+            summary[storage][split] = {
+                "count": results["count"],
+                "accuracy": results["accuracy"],
+                "accuracy_change_vs_fp32": results["accuracy"] - reference["splits"][split]["results"]["accuracy"],
+                "per_type": {name: metrics["accuracy"] for name, metrics in results["per_type"].items()},
+                "same_answer_as_fp32": sum(answers[key] == reference_answers[key] for key in answers) / len(answers),
+                "seconds": split_values["seconds"],
+            }
+    return summary
+
+
+def render_markdown(summary: dict) -> str:
+    header = ["storage", "footprint", "/ fp32"]
+    for split in SPLITS:
+        header += [f"{split}: accuracy", "change", "same answer as fp32"]
+    header += [f"test: {name}" for name in QUESTION_TYPES] + ["eval time (test)"]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for storage, values in summary.items():
+        cells = [storage, f"{values['memory_footprint_bytes'] / 1e6:.2f} MB", f"{values['footprint_over_fp32']:.3f}"]
+        for split in SPLITS:
+            split_values = values[split]
+            cells += [
+                f"{100 * split_values['accuracy']:.2f}",
+                f"{100 * split_values['accuracy_change_vs_fp32']:+.2f}",
+                f"{100 * split_values['same_answer_as_fp32']:.1f}%",
+            ]
+        cells += [f"{100 * values['test']['per_type'].get(name, float('nan')):.1f}" for name in QUESTION_TYPES]
+        cells.append(f"{values['test']['seconds']:.1f} s")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="a BcQLM folder with training_results.json")
+    parser.add_argument("--storages", default=",".join(STORAGES), help=f"comma-separated, from {STORAGES}")
+    parser.add_argument("--test_images", type=int, default=None, help="fewer test images than the model's (smoke run)")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    storages = args.storages.split(",")
+    if storages[0] != "fp32" or not set(storages) <= set(STORAGES):
+        parser.error(f"--storages must start with fp32 (the reference) and name only {STORAGES}, got {args.storages!r}")
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as workdir:
+        workdir = Path(workdir)
+        save_test_splits(Path(args.model), workdir / "data", args.test_images)
+        measured = {
+            storage: evaluate(Path(args.model), workdir / "data", workdir, storage, args.batch_size)
+            for storage in storages
+        }
+    results = {"machine": machine_info(args.threads), "model": str(args.model), "summary": summarise(measured)}
+    markdown = render_markdown(results["summary"])
+    print(markdown)
+    if args.output:
+        Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
