@@ -952,11 +952,6 @@ def physical_floors(models: dict, tiny: bool, threads: int, repeats: int, square
         rows, cols = (4096, 1024) if tiny else (128256, 2048)  # the default decoder's LM head: 1.05 GB in fp32
         bandwidth = measure_bandwidth(rows, cols, repeats=max(repeats, 5))
     return {"matmul_gflops": rates, "bandwidth_gbs": bandwidth, "bandwidth_shape": [rows, cols], "others_cpu_share": contention.others}
-    for name, shapes in models.items():
-        for part, shape in shapes.items():
-            key = "x".join(map(str, shape))
-            if key not in rates:
-                rates[key] = measure_matmul_rate(*shape, repeats=repeats)
 
 
 def derive(results: dict) -> dict:
