@@ -650,30 +650,38 @@ def machine_info(threads: int) -> dict:
     return info
 
 
-def _median_time(fn, repeats: int, warmup: int = 1) -> float:
+def synchronize(device) -> None:
+    """Wait for the work queued on `device` (a no-op on the CPU), so that wall times cover it."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_time(fn, repeats: int, warmup: int = 1, device="cpu") -> float:
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         fn()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def measure_matmul_rate(m: int, k: int, n: int, repeats: int = 5, dtype=torch.float32) -> float:
+def measure_matmul_rate(m: int, k: int, n: int, repeats: int = 5, dtype=torch.float32, device="cpu") -> float:
     """Measured GFLOP/s of `(m x k) @ (k x n)`."""
-    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-    out = torch.empty(m, n, dtype=dtype)
-    seconds = _median_time(lambda: torch.mm(a, b, out=out), repeats)
+    a, b = torch.randn(m, k, dtype=dtype, device=device), torch.randn(k, n, dtype=dtype, device=device)
+    out = torch.empty(m, n, dtype=dtype, device=device)
+    seconds = _median_time(lambda: torch.mm(a, b, out=out), repeats, device=device)
     return 2 * m * k * n / seconds / 1e9
 
 
-def measure_bandwidth(rows: int, cols: int, repeats: int = 7, dtype=torch.float32) -> float:
+def measure_bandwidth(rows: int, cols: int, repeats: int = 7, dtype=torch.float32, device="cpu") -> float:
     """Measured GB/s of a large matrix-vector product (the matrix is read once per product)."""
-    matrix, vector = torch.randn(rows, cols, dtype=dtype), torch.randn(cols, dtype=dtype)
-    out = torch.empty(rows, dtype=dtype)
-    seconds = _median_time(lambda: torch.mv(matrix, vector, out=out), repeats, warmup=2)
+    matrix, vector = torch.randn(rows, cols, dtype=dtype, device=device), torch.randn(cols, dtype=dtype, device=device)
+    out = torch.empty(rows, dtype=dtype, device=device)
+    seconds = _median_time(lambda: torch.mv(matrix, vector, out=out), repeats, warmup=2, device=device)
     return matrix.numel() * matrix.element_size() / seconds / 1e9
 
 
@@ -1108,13 +1116,13 @@ def render_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_markdown(markdown: str, readme: Path) -> None:
-    """Replace the results section of `readme` (between the markers), or append one."""
-    block = f"{RESULTS_START}\n{markdown}{RESULTS_END}"
+def write_markdown(markdown: str, readme: Path, start: str = RESULTS_START, end: str = RESULTS_END) -> None:
+    """Replace the results section of `readme` (between the markers `start` and `end`), or append one."""
+    block = f"{start}\n{markdown}{end}"
     text = readme.read_text() if readme.exists() else "# Benchmarks\n"
-    if RESULTS_START in text and RESULTS_END in text:
-        head, rest = text.split(RESULTS_START, 1)
-        tail = rest.split(RESULTS_END, 1)[1]
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        tail = rest.split(end, 1)[1]
         text = head + block + tail
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"

@@ -182,3 +182,38 @@ def test_oracle_readout_trains_and_reports_every_question_type(readout, tmp_path
     kinds = set(make_synthetic_vqa(4, seed=0, image_size=128, split="test", held_out_fraction=0.0)["question_type"])
     assert set(evaluations[-1]) == {"step", "seconds", "loss", "overall", *kinds}
     assert all(0.0 <= evaluations[-1][kind] <= 100.0 for kind in [*kinds, "overall"])
+
+
+def test_gpu_benchmark_path_on_the_cpu(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from benchmarks import gpu_peers
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# Benchmarks\n\nkept\n")
+    args = ["--device", "cpu", "--tiny", "--repeats", "1", "--new-tokens", "3", "--output", str(tmp_path / "r.json")]
+    results = gpu_peers.main([*args, "--markdown", "--readme", str(readme)])
+    assert json.loads((tmp_path / "r.json").read_text())["ratios"] == results["ratios"]
+    for name in cp.MODELS:
+        runs = results["models"][name]
+        assert list(runs) == list(gpu_peers.STORAGES)
+        assert runs["bf16"]["quantized_linears"] == 0
+        assert runs["int8"]["quantized_linears"] > 0 and runs["nf4"]["quantized_linears"] > 0
+        assert runs["nf4"]["footprint_bytes"] < runs["int8"]["footprint_bytes"] < runs["bf16"]["footprint_bytes"]
+        assert runs["bf16"]["ttft_vs_floor"] > 0 and runs["nf4"]["prefill_floor_s"] == runs["bf16"]["prefill_floor_s"]
+    for name in ("llava", "smolvlm"):
+        for storage, entry in results["ratios"][name].items():
+            ours, peer = results["models"]["bcqlm"][storage], results["models"][name][storage]
+            assert entry["ttft_ours_over_peer"] == pytest.approx(ours["timings"]["ttft_s"] / peer["timings"]["ttft_s"])
+    text = readme.read_text()
+    assert text.startswith("# Benchmarks\n\nkept\n") and gpu_peers.RESULTS_START in text
+    assert text.count("| BcQLM (ours, default config) |") == 3 and text.count("| llava |") == 3
+
+
+def test_gpu_benchmark_without_a_gpu_says_so(capsys):
+    from benchmarks import gpu_peers
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible")
+    with pytest.raises(SystemExit):
+        gpu_peers.parse_args(["--device", "cuda"])
+    assert "no CUDA device is visible" in capsys.readouterr().err
