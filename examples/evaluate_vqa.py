@@ -7,6 +7,9 @@ overall and per question type.
         --annotations_file v2_mscoco_val2014_annotations.json --image_root val2014/ \
         --output_dir eval-vqav2 --batch_size 32
 
+`--quantization int8|nf4|fp4` loads the model with bitsandbytes (the decoder, adapter and Q-GCAM quantized), to measure
+what quantization costs in accuracy (`benchmarks/quantized_accuracy.py` does it for the shipped default model).
+
 Writes `predictions.jsonl` (one answer per question, appended as the evaluation goes, so `--resume` continues an
 interrupted run) and `results.json` (the metrics) into `--output_dir`. Under `accelerate launch` each process answers
 its share of the questions and the main process scores them.
