@@ -15,9 +15,16 @@ import logging
 import sys
 
 import torch
+from accelerate import init_empty_weights
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from modeling_bcqlm import BcQLMConfig, BcQLMForConditionalGeneration, BcQLMImageProcessor, BcQLMProcessor, BreezeCLIPModel
+from modeling_bcqlm import (
+    BcQLMConfig,
+    BcQLMForConditionalGeneration,
+    BcQLMImageProcessor,
+    BcQLMProcessor,
+    BreezeCLIPModel,
+)
 from modeling_bcqlm.configuration_bcqlm import QUESTION_FEATURE_MODES, VISION_FEATURE_MODES
 
 
@@ -69,6 +76,15 @@ def compose_bcqlm(
     )
 
 
+def take_tensors(target: torch.nn.Module, source: torch.nn.Module) -> None:
+    """Give `target` (parameters on the meta device) the parameters and persistent buffers of `source`, floating-point
+    ones in fp32. Tensors already in fp32 are shared, not copied."""
+    state_dict = source.state_dict()
+    target.load_state_dict(
+        {key: value.float() if value.is_floating_point() else value for key, value in state_dict.items()}, assign=True
+    )
+
+
 def build_bcqlm(
     language_model,
     tokenizer,
@@ -84,7 +100,8 @@ def build_bcqlm(
 ) -> tuple[BcQLMForConditionalGeneration, BcQLMProcessor]:
     """
     BcQLM from loaded parts: the causal LM and its tokenizer (a padding token is set), BreezeCLIP with its question
-    tokenizer and image processor; the adapter and Q-GCAM are freshly initialised (seeded by `seed`).
+    tokenizer and image processor; the adapter and Q-GCAM are freshly initialised (seeded by `seed`). The parts' fp32
+    tensors are taken, not copied: the model shares them with `language_model` and `breezeclip`.
     """
     if not hasattr(language_model, "model") or not hasattr(language_model, "lm_head"):
         raise ValueError(
@@ -99,7 +116,9 @@ def build_bcqlm(
         breezeclip_config=breezeclip.config.to_dict(),
         qgcam_config=qgcam_config,
         text_config=language_model.config.to_dict(),
-        image_token_id=len(tokenizer) if image_token not in tokenizer.get_vocab() else tokenizer.convert_tokens_to_ids(image_token),
+        image_token_id=len(tokenizer)
+        if image_token not in tokenizer.get_vocab()
+        else tokenizer.convert_tokens_to_ids(image_token),
         vision_feature_mode=vision_feature_mode,
         question_feature_mode=question_feature_mode,
         normalize_features=normalize_features,
@@ -118,17 +137,27 @@ def build_bcqlm(
             f"The BreezeCLIP image processor crops to {image_processor.crop_size} but its image tower takes {image_size} px."
         )
 
+    # Parameters on the meta device (buffers, such as the rotary frequencies, are real): the loaded parts' tensors are
+    # taken as they are, so a 1B decoder is neither initialised nor held twice; only the adapter and Q-GCAM are new.
+    with init_empty_weights(include_buffers=False):
+        model = BcQLMForConditionalGeneration(config)
+    take_tensors(model.model.breezeclip, breezeclip)
+    take_tensors(model.model.language_model, language_model.model)
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    else:
+        take_tensors(model.lm_head, language_model.lm_head)
     torch.manual_seed(seed)
-    model = BcQLMForConditionalGeneration(config)
-    model.model.breezeclip.load_state_dict(breezeclip.state_dict())
-    model.model.language_model.load_state_dict(language_model.model.state_dict())
-    if not config.tie_word_embeddings:
-        model.lm_head.load_state_dict(language_model.lm_head.state_dict())
+    for new_module in (model.model.visual_adapter, model.model.qgcam):
+        new_module.to_empty(device="cpu")
+        new_module.apply(model._init_weights)
 
     generation_config = language_model.generation_config
     generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=generation_config.eos_token_id if generation_config.eos_token_id is not None else tokenizer.eos_token_id,
+        eos_token_id=generation_config.eos_token_id
+        if generation_config.eos_token_id is not None
+        else tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     model.generation_config = generation_config

@@ -29,7 +29,10 @@ def save_breezeclip(folder: Path) -> BreezeCLIPModel:
 
 def compose(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(REPO / "conversion" / "compose_bcqlm.py"), *args], capture_output=True, text=True, timeout=300
+        [sys.executable, str(REPO / "conversion" / "compose_bcqlm.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -82,3 +85,38 @@ def test_compose_refuses_a_model_without_a_decoder(tmp_path):
         "--output_dir", str(tmp_path / "bcqlm"),
     )  # fmt: skip
     assert completed.returncode != 0
+
+
+def test_composed_model_takes_the_parts_tensors_and_initialises_only_the_new_modules(tmp_path):
+    sys.path.insert(0, str(REPO / "conversion"))
+    from compose_bcqlm import compose_bcqlm
+
+    language_model = save_language_model(tmp_path / "llama", with_pad_token=True)
+    save_breezeclip(tmp_path / "breezeclip")
+    model, processor = compose_bcqlm(str(tmp_path / "llama"), str(tmp_path / "breezeclip"), {"num_attention_heads": 4})
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    assert not [name for name, tensor in tensors.items() if tensor.is_meta]
+    assert all(tensor.dtype == torch.float32 for tensor in tensors.values() if tensor.is_floating_point())
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    # Buffers that are not saved (rotary frequencies, position ids) are those of a model built the usual way.
+    reference = BcQLMForConditionalGeneration(model.config)
+    for name, buffer in reference.named_buffers():
+        torch.testing.assert_close(tensors[name], buffer, rtol=0, atol=0, msg=name)
+    # The adapter and Q-GCAM are initialised as `post_init` does it: reproducible by seed, weights ~ N(0, 0.02).
+    again, _ = compose_bcqlm(str(tmp_path / "llama"), str(tmp_path / "breezeclip"), {"num_attention_heads": 4})
+    other_seed, _ = compose_bcqlm(
+        str(tmp_path / "llama"), str(tmp_path / "breezeclip"), {"num_attention_heads": 4}, seed=1
+    )
+    for name, tensor in model.model.qgcam.state_dict().items():
+        assert torch.equal(tensor, again.model.qgcam.state_dict()[name]), name
+    weight = model.model.visual_adapter.weight
+    assert not torch.equal(weight, other_seed.model.visual_adapter.weight)
+    assert weight.std().item() == pytest.approx(model.config.text_config.initializer_range, rel=0.2)
+    assert not model.model.visual_adapter.bias.any()
+
+    inputs = processor(images=make_image(), text="What colour is the car?", return_tensors="pt")
+    model.save_pretrained(tmp_path / "bcqlm")
+    reloaded = BcQLMForConditionalGeneration.from_pretrained(tmp_path / "bcqlm")
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, reloaded(**inputs).logits, rtol=0, atol=0)
+    assert language_model.config.vocab_size == model.get_input_embeddings().num_embeddings
