@@ -65,7 +65,9 @@ def make_model_and_processor(seed: int = 0, std: float = 0.3, **config_kwargs):
     return model, processor
 
 
-def save_language_model(folder: Path, with_pad_token: bool = True, hidden_size: int = 32) -> LlamaForCausalLM:
+def save_language_model(
+    folder: Path, with_pad_token: bool = True, hidden_size: int = 32, tie_word_embeddings: bool = True
+) -> LlamaForCausalLM:
     """A tiny random `LlamaForCausalLM` folder with its tokenizer, as a local Llama checkpoint would be."""
     tokenizer = make_decoder_tokenizer(pad_token=None if not with_pad_token else PAD)  # Llama-3 has none
     config = LlamaConfig(
@@ -77,7 +79,7 @@ def save_language_model(folder: Path, with_pad_token: bool = True, hidden_size: 
         num_key_value_heads=2,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie_word_embeddings,
     )
     torch.manual_seed(0)
     language_model = LlamaForCausalLM(config).eval()

@@ -87,17 +87,19 @@ def test_compose_refuses_a_model_without_a_decoder(tmp_path):
     assert completed.returncode != 0
 
 
-def test_composed_model_takes_the_parts_tensors_and_initialises_only_the_new_modules(tmp_path):
+@pytest.mark.parametrize("tied", [True, False])
+def test_composed_model_takes_the_parts_tensors_and_initialises_only_the_new_modules(tmp_path, tied):
     sys.path.insert(0, str(REPO / "conversion"))
     from compose_bcqlm import compose_bcqlm
 
-    language_model = save_language_model(tmp_path / "llama", with_pad_token=True)
+    language_model = save_language_model(tmp_path / "llama", tie_word_embeddings=tied)
     save_breezeclip(tmp_path / "breezeclip")
     model, processor = compose_bcqlm(str(tmp_path / "llama"), str(tmp_path / "breezeclip"), {"num_attention_heads": 4})
     tensors = dict(model.named_parameters()) | dict(model.named_buffers())
     assert not [name for name, tensor in tensors.items() if tensor.is_meta]
     assert all(tensor.dtype == torch.float32 for tensor in tensors.values() if tensor.is_floating_point())
-    assert model.lm_head.weight is model.get_input_embeddings().weight
+    assert (model.lm_head.weight is model.get_input_embeddings().weight) == tied
+    torch.testing.assert_close(model.lm_head.weight, language_model.lm_head.weight, rtol=0, atol=0)
     # Buffers that are not saved (rotary frequencies, position ids) are those of a model built the usual way.
     reference = BcQLMForConditionalGeneration(model.config)
     for name, buffer in reference.named_buffers():
