@@ -107,7 +107,7 @@ def time_generation(model, inputs: dict, new_tokens: int, repeats: int, device) 
 def benchmark(
     name: str, storage: str, device: str, tiny: bool, new_tokens: int, repeats: int, checkpoints: dict, workdir: str
 ) -> dict:
-    """Load `name` in `storage`, then its footprint, memory, timings and floors."""
+    """Load `name` in `storage`, then measure its footprint, device memory and generation times."""
     if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
