@@ -36,12 +36,17 @@ SPLITS = ("test", "test_held_out")
 QUESTION_TYPES = ("attribute", "existence", "counting", "spatial", "comparison")
 
 
-def save_test_splits(model_folder: Path, folder: Path, test_images: int | None) -> None:
-    """The model's synthetic test split (and its held-out-scene part) as a DatasetDict saved in `folder`."""
+def default_test_split(model_folder: Path, test_images: int | None = None) -> datasets.Dataset:
+    """The synthetic test split a model of `examples/train_default_model.py` reports on (its first `test_images`)."""
     arguments = json.loads((model_folder / "training_results.json").read_text())["arguments"]
-    test = make_synthetic_vqa(
+    return make_synthetic_vqa(
         test_images or arguments["test_images"], arguments["seed"], arguments["questions_per_image"], 128, split="test"
     )
+
+
+def save_test_splits(model_folder: Path, folder: Path, test_images: int | None) -> None:
+    """The model's synthetic test split (and its held-out-scene part) as a DatasetDict saved in `folder`."""
+    test = default_test_split(model_folder, test_images)
     datasets.DatasetDict({"test": test, "test_held_out": test.filter(lambda row: row["held_out"])}).save_to_disk(folder)
 
 

@@ -76,3 +76,18 @@ def test_quantized_accuracy_command_on_a_few_test_images(tmp_path):
         change = summary[storage]["test"]["accuracy"] - summary["fp32"]["test"]["accuracy"]
         assert summary[storage]["test"]["accuracy_change_vs_fp32"] == pytest.approx(change)
     assert run(command.split()[1], "--storages", "int8,nf4").returncode == 2  # no fp32 reference: a usage error
+
+
+def test_image_ablation_command_on_a_few_test_images(tmp_path):
+    (command,) = [block for block in bash_blocks() if block.startswith("python benchmarks/image_ablation.py")]
+    args = command.split()[1:]
+    args[args.index("--output") + 1] = str(tmp_path / "results.json")
+    result = run(*args, "--test_images", "40", "--threads", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "results.json").read_text())["summary"]
+    assert list(summary) == ["own scene", "another scene", "empty scene"]
+    own, other = summary["own scene"], summary["another scene"]
+    assert own["count"] == other["count"] == 200 and own["same_answer_as_own_scene"] == 1.0
+    # The shipped model counts the objects it sees: another scene's image changes those answers.
+    assert other["per_type"]["counting"] < own["per_type"]["counting"] - 0.2
+    assert other["same_answer_as_own_scene"] < 1.0

@@ -1,0 +1,104 @@
+"""Which answers of the embedded default BcQLM depend on the image: its synthetic test split answered with each
+question's own scene, with another scene's image, and with an empty scene (background only).
+
+    python benchmarks/image_ablation.py --output benchmarks/results/image_ablation.json
+
+A question type whose accuracy does not fall when the image is replaced is answered from the question alone (the
+answer priors of the training data). Reports, per condition, the accuracy overall and per question type and the share
+of answers that stay the same as with the question's own image. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # `python benchmarks/image_ablation.py` from a checkout that is not installed
+    sys.path.insert(0, str(REPO_ROOT))
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from benchmarks.compare_peers import machine_info  # noqa: E402
+from benchmarks.quantized_accuracy import QUESTION_TYPES, default_test_split  # noqa: E402
+from examples.evaluate_vqa import answer_questions, score  # noqa: E402
+from modeling_bcqlm import DEFAULT_MODEL, BcQLMForConditionalGeneration, BcQLMProcessor  # noqa: E402
+from modeling_bcqlm.synthetic_shapes import BACKGROUND_COLOUR  # noqa: E402
+
+
+CONDITIONS = ("own scene", "another scene", "empty scene")
+
+
+def images_for(condition: str, rows: list[dict], questions_per_image: int) -> list[Image.Image]:
+    """Each row's image under `condition`: its own, the next scene's (rows are grouped by scene), or background only."""
+    if condition == "own scene":
+        return [row["image"] for row in rows]
+    if condition == "another scene":
+        return [rows[(index + questions_per_image) % len(rows)]["image"] for index in range(len(rows))]
+    empty = Image.new("RGB", rows[0]["image"].size, BACKGROUND_COLOUR)
+    return [empty] * len(rows)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="a BcQLM folder with training_results.json")
+    parser.add_argument("--test_images", type=int, default=None, help="fewer test images than the model's (smoke run)")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    model_folder = Path(args.model)
+    questions_per_image = json.loads((model_folder / "training_results.json").read_text())["arguments"][
+        "questions_per_image"
+    ]
+    rows = list(default_test_split(model_folder, args.test_images))
+    model = BcQLMForConditionalGeneration.from_pretrained(model_folder).eval()
+    processor = BcQLMProcessor.from_pretrained(model_folder)
+
+    answers = {}
+    summary = {}
+    for condition in CONDITIONS:
+        images = images_for(condition, rows, questions_per_image)
+        answers[condition] = []
+        for start in range(0, len(rows), args.batch_size):
+            batch = [
+                {"image": image, "question": row["question"]}
+                for row, image in zip(rows[start : start + args.batch_size], images[start : start + args.batch_size])
+            ]
+            answers[condition] += answer_questions(model, processor, batch, max_new_tokens=4)
+        results = score(
+            [
+                {"answer": answer, "answers": row["answers"], "question_type": row["question_type"]}
+                for row, answer in zip(rows, answers[condition])
+            ]
+        )
+        same = sum(a == b for a, b in zip(answers[condition], answers["own scene"])) / len(rows)
+        summary[condition] = {
+            "count": results["count"],
+            "accuracy": results["accuracy"],
+            "per_type": {name: metrics["accuracy"] for name, metrics in results["per_type"].items()},
+            "same_answer_as_own_scene": same,
+        }
+
+    header = ["image", "accuracy", *QUESTION_TYPES, "same answer as with its own image"]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for condition, values in summary.items():
+        cells = [condition, f"{100 * values['accuracy']:.1f}"]
+        cells += [f"{100 * values['per_type'].get(name, float('nan')):.1f}" for name in QUESTION_TYPES]
+        cells.append(f"{100 * values['same_answer_as_own_scene']:.1f}%")
+        lines.append("| " + " | ".join(cells) + " |")
+    print("\n".join(lines))
+    results = {"machine": machine_info(args.threads), "model": str(model_folder), "summary": summary}
+    if args.output:
+        Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
