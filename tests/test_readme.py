@@ -23,6 +23,18 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
+def run_benchmark_command(script: str, output: Path, *extra: str) -> dict:
+    """Run README's command for `benchmarks/<script>` with its JSON written to `output` (and `extra` arguments)."""
+    (command,) = [block for block in bash_blocks() if block.startswith(f"python benchmarks/{script}")]
+    args = command.split()[1:]
+    args[args.index("--output") + 1] = str(output)
+    if "--markdown" in args:
+        args.remove("--markdown")  # keep the committed table
+    result = run(*args, *extra)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(output.read_text())
+
+
 def test_readme_starts_with_the_install_and_test_commands():
     main_command, test_command = bash_blocks()[:2]
     assert README.index(main_command) < 200
@@ -39,14 +51,8 @@ def test_parameter_table_matches_the_benchmark_script():
 
 
 def test_benchmark_command_runs_on_tiny_models(tmp_path):
-    (command,) = [block for block in bash_blocks() if block.startswith("python benchmarks/compare_peers.py")]
-    args = command.split()[1:]
-    args[args.index("--output") + 1] = str(tmp_path / "results.json")
-    args.remove("--markdown")  # keep the committed table
     quick = ["--tiny", "--repeats", "1", "--new-tokens", "3", "--no-quantization", "--quiet-timeout", "0", "--in-process"]
-    result = run(*args, *quick)
-    assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = run_benchmark_command("compare_peers.py", tmp_path / "results.json", *quick)
     assert set(results["models"]) >= {"bcqlm", "llava", "smolvlm"}
 
 
@@ -61,12 +67,10 @@ def test_multi_question_benchmark_gives_the_same_answers(tmp_path):
 
 def test_quantized_accuracy_command_on_a_few_test_images(tmp_path):
     pytest.importorskip("bitsandbytes")
-    (command,) = [block for block in bash_blocks() if block.startswith("python benchmarks/quantized_accuracy.py")]
-    args = command.split()[1:]
-    args[args.index("--output") + 1] = str(tmp_path / "results.json")
-    result = run(*args, "--test_images", "12", "--storages", "fp32,int8,nf4")
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((tmp_path / "results.json").read_text())["summary"]
+    results = run_benchmark_command(
+        "quantized_accuracy.py", tmp_path / "results.json", "--test_images", "12", "--storages", "fp32,int8,nf4"
+    )
+    summary = results["summary"]
     assert summary["fp32"]["test"]["count"] == 60 and summary["fp32"]["test"]["same_answer_as_fp32"] == 1.0
     for storage in ("int8", "nf4"):
         assert summary[storage]["memory_footprint_bytes"] < 0.7 * summary["fp32"]["memory_footprint_bytes"]
@@ -75,16 +79,13 @@ def test_quantized_accuracy_command_on_a_few_test_images(tmp_path):
         assert summary[storage]["test"]["same_answer_as_fp32"] >= 0.9, summary[storage]["test"]
         change = summary[storage]["test"]["accuracy"] - summary["fp32"]["test"]["accuracy"]
         assert summary[storage]["test"]["accuracy_change_vs_fp32"] == pytest.approx(change)
-    assert run(command.split()[1], "--storages", "int8,nf4").returncode == 2  # no fp32 reference: a usage error
+    assert run("benchmarks/quantized_accuracy.py", "--storages", "int8,nf4").returncode == 2  # no fp32 reference
 
 
 def test_image_ablation_command_on_a_few_test_images(tmp_path):
-    (command,) = [block for block in bash_blocks() if block.startswith("python benchmarks/image_ablation.py")]
-    args = command.split()[1:]
-    args[args.index("--output") + 1] = str(tmp_path / "results.json")
-    result = run(*args, "--test_images", "40", "--threads", "1")
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((tmp_path / "results.json").read_text())["summary"]
+    output = tmp_path / "results.json"
+    results = run_benchmark_command("image_ablation.py", output, "--test_images", "40", "--threads", "1")
+    summary = results["summary"]
     assert list(summary) == ["own scene", "another scene", "empty scene"]
     own, other = summary["own scene"], summary["another scene"]
     assert own["count"] == other["count"] == 200 and own["same_answer_as_own_scene"] == 1.0
