@@ -33,12 +33,15 @@ from modeling_bcqlm.synthetic_shapes import BACKGROUND_COLOUR  # noqa: E402
 CONDITIONS = ("own scene", "another scene", "empty scene")
 
 
-def images_for(condition: str, rows: list[dict], questions_per_image: int) -> list[Image.Image]:
-    """Each row's image under `condition`: its own, the next scene's (rows are grouped by scene), or background only."""
+def images_for(condition: str, rows: list[dict]) -> list[Image.Image]:
+    """Each row's image under `condition`: its own, the next scene's, or the background alone."""
     if condition == "own scene":
         return [row["image"] for row in rows]
     if condition == "another scene":
-        return [rows[(index + questions_per_image) % len(rows)]["image"] for index in range(len(rows))]
+        image_by_scene = {row["scene"]: row["image"] for row in rows}
+        scenes = list(image_by_scene)
+        next_scene = {scene: scenes[(index + 1) % len(scenes)] for index, scene in enumerate(scenes)}
+        return [image_by_scene[next_scene[row["scene"]]] for row in rows]
     empty = Image.new("RGB", rows[0]["image"].size, BACKGROUND_COLOUR)
     return [empty] * len(rows)
 
@@ -54,9 +57,6 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
 
     model_folder = Path(args.model)
-    questions_per_image = json.loads((model_folder / "training_results.json").read_text())["arguments"][
-        "questions_per_image"
-    ]
     rows = list(default_test_split(model_folder, args.test_images))
     model = BcQLMForConditionalGeneration.from_pretrained(model_folder).eval()
     processor = BcQLMProcessor.from_pretrained(model_folder)
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     answers = {}
     summary = {}
     for condition in CONDITIONS:
-        images = images_for(condition, rows, questions_per_image)
+        images = images_for(condition, rows)
         answers[condition] = []
         for start in range(0, len(rows), args.batch_size):
             batch = [
