@@ -8,8 +8,7 @@ from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.clip.modeling_clip import CLIPOutput, image_text_contrastive_loss
 from transformers.utils import logging
@@ -31,24 +30,20 @@ class BcQLMModelOutputWithPast(BaseModelOutputWithPast):
 
 
 @dataclass
-class BcQLMCausalLMOutputWithPast(ModelOutput):
+class BcQLMCausalLMOutputWithPast(CausalLMOutputWithPast):
     r"""
-    loss (`torch.FloatTensor` of shape `(1,)`, *optional*, returned when `labels` is provided):
-        Language-modelling loss (next-token prediction) on the positions whose label is not -100.
-    logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`):
-        Prediction scores of the language-modelling head.
-    past_key_values (`Cache`, *optional*):
-        The decoder's key/value cache.
     image_hidden_states (`torch.FloatTensor` of shape `(batch_size, image_seq_length, hidden_size)`, *optional*):
         Question-gated visual features (Q-GCAM output) scattered into the `<image>` positions.
     """
 
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor] | None = None
-    attentions: tuple[torch.FloatTensor] | None = None
     image_hidden_states: torch.FloatTensor | None = None
+
+
+def _cached_length(kwargs: dict) -> int:
+    """Tokens already in the decoder's key/value cache, which `kwargs` carries to the decoder untouched."""
+    # transformers 5.24 renamed the cache argument `past_key_values` to `cache`; each release passes its own name.
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    return 0 if cache is None else cache.get_seq_length()
 
 
 def _check_ids(name: str, ids: torch.Tensor, mask: torch.Tensor | None) -> None:
@@ -272,7 +267,6 @@ class BcQLMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
     _no_split_modules = ["BcQLMQGCAM"]
     # BreezeCLIP (30M parameters: convolutions, batch norms and the small encoders) stays in full precision under
     # fp16, bf16 and bitsandbytes loading; the decoder, the adapter and Q-GCAM are converted. Patterns match module
@@ -403,7 +397,6 @@ class BcQLMModel(BcQLMPreTrainedModel):
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         question_input_ids: torch.LongTensor | None = None,
         question_attention_mask: torch.Tensor | None = None,
@@ -414,6 +407,9 @@ class BcQLMModel(BcQLMPreTrainedModel):
         image_features (`torch.FloatTensor` of shape `(batch_size, image_seq_length, hidden_size)`, *optional*):
             Output of [`~BcQLMModel.get_image_features`], passed instead of `pixel_values` to ask several questions
             about the same images without running the image tower again.
+
+        Other keyword arguments go to the decoder: its key/value cache (`cache`; `past_key_values` before
+        transformers 5.24), `use_cache`, `output_attentions`, `output_hidden_states`.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
@@ -439,8 +435,7 @@ class BcQLMModel(BcQLMPreTrainedModel):
             inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(image_mask, 0))
             inputs_embeds = inputs_embeds.masked_scatter(image_mask[..., None], fused_features.to(inputs_embeds.dtype))
         elif inputs_embeds is None:
-            is_prefill = past_key_values is None or past_key_values.get_seq_length() == 0
-            if is_prefill and (input_ids == self.config.image_token_id).any():
+            if _cached_length(kwargs) == 0 and (input_ids == self.config.image_token_id).any():
                 raise ValueError(
                     "The prompt holds `<image>` placeholder tokens but no `pixel_values` were given; pass the image "
                     "through BcQLMProcessor(images=..., text=...)."
@@ -450,17 +445,10 @@ class BcQLMModel(BcQLMPreTrainedModel):
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             **kwargs,
         )
-        return BcQLMModelOutputWithPast(
-            last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            image_hidden_states=fused_features,
-        )
+        return BcQLMModelOutputWithPast(**outputs, image_hidden_states=fused_features)
 
     def _check_placeholders(self, image_mask: torch.Tensor, image_features: torch.Tensor) -> None:
         batch_size, image_seq_length = image_features.shape[:2]
@@ -542,7 +530,6 @@ class BcQLMForConditionalGeneration(BcQLMPreTrainedModel, GenerationMixin):
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         question_input_ids: torch.LongTensor | None = None,
         question_attention_mask: torch.Tensor | None = None,
@@ -560,6 +547,8 @@ class BcQLMForConditionalGeneration(BcQLMPreTrainedModel, GenerationMixin):
             image_features: `(batch_size, image_seq_length, hidden_size)` from `get_image_features`,
                 instead of `pixel_values`: several questions about one image run its image tower once.
             labels: `(batch_size, sequence_length)` target ids, -100 where no loss is taken.
+            kwargs: passed to the decoder, its key/value cache included (`cache`; `past_key_values` before
+                transformers 5.24).
 
         Example:
 
@@ -574,7 +563,6 @@ class BcQLMForConditionalGeneration(BcQLMPreTrainedModel, GenerationMixin):
             pixel_values=pixel_values,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             question_input_ids=question_input_ids,
             question_attention_mask=question_attention_mask,
@@ -590,14 +578,9 @@ class BcQLMForConditionalGeneration(BcQLMPreTrainedModel, GenerationMixin):
                 logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
             )
 
-        return BcQLMCausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            image_hidden_states=outputs.image_hidden_states,
-        )
+        # Everything but the last hidden state, the cache under the name of the installed transformers.
+        decoder_outputs = {key: value for key, value in outputs.items() if key != "last_hidden_state"}
+        return BcQLMCausalLMOutputWithPast(loss=loss, logits=logits, **decoder_outputs)
 
     def prepare_inputs_for_generation(
         self,
