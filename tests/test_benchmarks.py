@@ -192,7 +192,8 @@ def test_gpu_benchmark_path_on_the_cpu(tmp_path):
     readme.write_text("# Benchmarks\n\nkept\n")
     args = ["--device", "cpu", "--tiny", "--repeats", "1", "--new-tokens", "3", "--output", str(tmp_path / "r.json")]
     results = gpu_peers.main([*args, "--markdown", "--readme", str(readme)])
-    assert json.loads((tmp_path / "r.json").read_text())["ratios"] == results["ratios"]
+    # Timings too noisy to measure (a tiny model's decode under load) are written as null.
+    assert json.loads((tmp_path / "r.json").read_text())["ratios"] == cp._jsonable(results["ratios"])
     for name in cp.MODELS:
         runs = results["models"][name]
         assert list(runs) == list(gpu_peers.STORAGES)
