@@ -4,10 +4,15 @@ Self-contained on purpose: `evaluate.load("path/to/vqa_accuracy.py")` copies thi
 imports only the standard library, `datasets` and `evaluate`.
 
 The answer normalisation and the scoring follow the official evaluation code of the VQA team, GT-Vision-Lab/VQA,
-`PythonEvaluationTools/vqaEvaluation/vqaEval.py` at master (the Python 3 version, read at commit c4e6a0e4), quirks
-included. Older versions of that file differ: their `punct` list holds ':' and "'" but not '{', '}', '-' or '!', several
-of their contractions use typographic apostrophes, and their per-question-type means used the last leave-one-out score
-instead of the question's mean. This module follows master.
+`PythonEvaluationTools/vqaEvaluation/vqaEval.py` at master, commit a013f0043c1e2cdc995922dfe257f7149aa9af06 (2021,
+"Fixed processing answers bug"), quirks included, with the results Python 2.7 gives on the unicode answers `json.load`
+returns. Earlier versions of this module followed c4e6a0e4, an unmerged Python 3 pull request (2017) that, like master
+before a013f00, always normalised the prediction and only punctuation-processed the references when they differ;
+master cleans the whitespace of every answer, then normalises both sides fully when the references differ and neither
+when they are all the same. The 2015 versions also differ (their `punct` list holds ':' and "'" but not '{', '}', '-'
+or '!', several contractions use typographic apostrophes, and per-type means took the last leave-one-out score).
+Not reproduced: the case mappings Unicode gained after 5.2 (Python 2.7's database), e.g. of Cherokee or Georgian
+capitals, which Python 3 lower-cases and Python 2 leaves as they are.
 """
 
 import re
@@ -56,13 +61,20 @@ NUMBER_WORDS = {
 ARTICLES = ("a", "an", "the")
 PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
 # Official pattern, typo included: `(?!<=\d)` is a lookahead that never fires (the intended lookbehind is `(?<!\d)`),
-# so every period not followed by a digit goes: "3.5" stays, "end." and "3." lose theirs.
-PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
-COMMA_STRIP = re.compile(r"(\d)(\,)(\d)")
+# so every period not followed by a digit goes: "3.5" stays, "end." and "3." lose theirs. Compiled without flags in
+# Python 2, where `\d` is then [0-9] even in unicode text: hence `re.ASCII` ("3.٥" loses its period).
+PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)", re.ASCII)
+COMMA_STRIP = re.compile(r"(\d)(\,)(\d)", re.ASCII)
 # The official code calls `periodStrip.sub("", text, re.UNICODE)`: the flag lands in `count`, and re.UNICODE == 32.
 PERIOD_STRIP_COUNT = 32
 # A question scores full marks when this many of the other annotators gave the answer.
 HUMANS_FOR_FULL_MARKS = 3
+# Python 2.7's `unicode.strip()` and `split()` whitespace (Unicode 5.2): Python 3 no longer counts U+180E.
+_PY2_WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u180e"
+    "\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+_PY2_WHITESPACE_RUN = re.compile(f"[{_PY2_WHITESPACE}]+")
 
 _DESCRIPTION = """\
 VQA accuracy, the metric of the VQA v1/v2 challenges (also used by VizWiz). A predicted answer scores
@@ -70,10 +82,11 @@ min(#annotators who gave it / 3, 1), averaged over the leave-one-out subsets of 
 is the mean, over its n reference answers, of min(#matches among the other n - 1 / 3, 1). With 10 references an answer
 given by 1, 2 or 3 annotators scores 0.3, 0.6 or 0.9, and 4 or more score 1.0.
 
-Answers are normalised as in the official evaluation code (GT-Vision-Lab/VQA, vqaEval.py): the prediction always
-(whitespace, punctuation, lower case, number words to digits, articles dropped, contractions restored); the references
-only when they are not all identical, and then only their punctuation. So references are expected in normalised form
-(lower case, digits, no articles): a raw "Two" or "A dog" never matches.
+Answers are normalised as in the official evaluation code (GT-Vision-Lab/VQA, vqaEval.py at master): every answer
+first has its tabs and newlines made spaces and its ends stripped. If the references of a question then differ, the
+prediction and every reference are normalised (punctuation, lower case, number words to digits, articles dropped,
+contractions restored): "Two." matches "2". If they are all the same, nothing more is done to either side, and the
+prediction must equal them as it is: "Yes" or "yes." scores 0 against ten "yes".
 
 Also reported: exact match, whether the normalised prediction equals the most common normalised reference (ties go to
 the reference seen first).
@@ -91,10 +104,12 @@ Args:
         "yes/no", "number", "other"); adds a per-type breakdown.
 
 Returns:
-    `dict`: fractions in [0, 1] (the official code reports 100x, rounded to 2 decimals):
+    `dict`: fractions in [0, 1], unrounded; the official code reports round(100 * sum / count, 2), rounding halves
+    away from zero (Python 2), of the same left-to-right sums:
         accuracy: mean VQA accuracy over the questions.
         exact_match: mean exact match over the questions.
-        per_type (only with `question_types`): `{type: {"accuracy": float, "exact_match": float, "count": int}}`.
+        per_type (only with `question_types`): `{type: {"accuracy": float, "exact_match": float, "count": int}}`,
+            the means over each type's questions, as the official per-question-type and per-answer-type accuracies.
 
 Example:
     >>> vqa_accuracy = evaluate.load("path/to/modeling_bcqlm/vqa_accuracy.py")
@@ -119,6 +134,16 @@ _CITATION = """\
 """
 
 
+def _clean_whitespace(text: str) -> str:
+    """Master's first step for every answer, prediction and references alike: tabs and newlines to spaces, strip."""
+    return text.replace("\n", " ").replace("\t", " ").strip(_PY2_WHITESPACE)
+
+
+def _lower(text: str) -> str:
+    """Python 2's `unicode.lower`, a character at a time (Python 3 lowers "İ" to 2 characters, final "Σ" to "ς")."""
+    return text.lower() if text.isascii() else "".join(char.lower()[0] for char in text)
+
+
 def _process_punctuation(text: str) -> str:
     """The official `processPunctuation`: its tests look at the input text, its replacements build up the output."""
     out = text
@@ -132,9 +157,21 @@ def _process_punctuation(text: str) -> str:
 
 def _process_digit_article(text: str) -> str:
     """The official `processDigitArticle`: lower-case words, number words to digits, no articles, contractions."""
-    words = [NUMBER_WORDS.get(word, word) for word in text.lower().split()]
+    words = [NUMBER_WORDS.get(word, word) for word in _PY2_WHITESPACE_RUN.split(_lower(text)) if word]
     words = [word for word in words if word not in ARTICLES]
     return " ".join(CONTRACTIONS.get(word, word) for word in words)
+
+
+def _sum(values: list[float]) -> float:
+    """Left to right, as Python 2's `sum` (Python 3.12's compensated `sum` can differ in the last bits)."""
+    total = 0.0
+    for value in values:
+        total += value
+    return total
+
+
+def _mean(values: list[float]) -> float:
+    return _sum(values) / len(values)
 
 
 def _check_answers(prediction, references) -> None:
@@ -151,29 +188,31 @@ def _check_answers(prediction, references) -> None:
 
 
 def normalize_answer(text: str) -> str:
-    """Normalise an answer as the official code normalises predictions, e.g. "Two dogs." -> "2 dogs"."""
+    """
+    Normalise an answer fully, as the official code normalises the prediction and the references of a question whose
+    references differ, e.g. "Two dogs." -> "2 dogs".
+    """
     if not isinstance(text, str):
         raise ValueError(f"An answer must be a string, got {type(text).__name__}: {text!r}.")
-    text = text.replace("\n", " ").replace("\t", " ").strip()
-    return _process_digit_article(_process_punctuation(text))
+    return _process_digit_article(_process_punctuation(_clean_whitespace(text)))
 
 
 def vqa_score(prediction: str, references: list[str]) -> float:
     """
-    VQA accuracy of one answer against the human answers, in [0, 1], exactly as the official code scores it; with a
-    single reference, the exact match of the normalised answers.
+    VQA accuracy of one answer against the human answers, in [0, 1], exactly as the official code scores it: both
+    sides normalised if the references differ, both only whitespace-cleaned if they are all the same. With a single
+    reference, the exact match of the normalised answers.
     """
     _check_answers(prediction, references)
-    prediction = normalize_answer(prediction)
     if len(references) == 1:  # no leave-one-out subsets: exact match, as GQA scores it
-        return float(prediction == normalize_answer(references[0]))
-    # Official quirk: the references are touched only when they differ, and then only their punctuation is processed.
-    if len(set(references)) > 1:
-        references = [_process_punctuation(answer) for answer in references]
+        return float(normalize_answer(prediction) == normalize_answer(references[0]))
+    prediction, references = _clean_whitespace(prediction), [_clean_whitespace(answer) for answer in references]
+    if len(set(references)) > 1:  # judged after the whitespace cleaning: "yes" and " yes" are the same
+        prediction, references = normalize_answer(prediction), [normalize_answer(answer) for answer in references]
     matches = [answer == prediction for answer in references]
     # Leave out each annotator in turn (the official code tells annotators apart by answer id, not by answer text).
     scores = [min(1.0, (sum(matches) - left_out_match) / HUMANS_FOR_FULL_MARKS) for left_out_match in matches]
-    return sum(scores) / len(scores)
+    return _mean(scores)
 
 
 def exact_match_score(prediction: str, references: list[str]) -> float:
@@ -181,10 +220,6 @@ def exact_match_score(prediction: str, references: list[str]) -> float:
     _check_answers(prediction, references)
     most_common, _ = Counter(normalize_answer(answer) for answer in references).most_common(1)[0]
     return float(normalize_answer(prediction) == most_common)
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
