@@ -1,20 +1,22 @@
 from setuptools import setup
 
 
+# Every lower bound is a release that CI installs and tests (.ci/floors.txt, the second run of .ci/run).
 INFERENCE = [
-    "torch>=2.4",
-    "transformers>=5.23,<6",
-    "safetensors>=0.4",
-    "huggingface_hub>=1.0",
-    "accelerate>=1.0",
-    "pillow>=10",
-    "numpy>=1.24",
+    "torch>=2.13.0",
+    "transformers>=5.23.0,<6",
+    "safetensors>=0.8.0",
+    "huggingface_hub>=1.31.0",
+    "accelerate>=1.3.0",
+    "pillow>=10.0.1",
+    "numpy>=2.0.0",
 ]
-TRAIN = ["datasets>=3.0", "evaluate>=0.4", "peft>=0.13"]
-QUANT = ["bitsandbytes>=0.45"]
+TRAIN = ["datasets>=3.0.0", "evaluate>=0.4.0", "peft>=0.13.0"]
+# 0.49 is the first release whose CPU int8 and 4-bit layers run under torch 2.13 (0.47 and 0.48 crash).
+QUANT = ["bitsandbytes>=0.49.0"]
 # timm builds the released code's modules in the conversion parity tests; it needs torchvision, so the test command
 # installs torch==2.14.1 with torchvision==0.29.1 first. The package itself needs neither.
-TEST = ["pytest>=8", "timm>=1.0"]
+TEST = ["pytest>=8.0.0", "timm>=1.0.3"]
 
 setup(
     name="bcqlm",

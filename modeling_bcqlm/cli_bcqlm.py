@@ -36,8 +36,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("bcqlm: error: --question is empty: write the question about the image.")
 
     from transformers import pipeline
+    from transformers.utils import logging
 
     from . import DEFAULT_MODEL
+
+    logging.disable_progress_bar()  # loading a model of a few MB needs none; the command prints the answer only
 
     try:
         vqa = pipeline(

@@ -9,6 +9,7 @@ labels so that only the answer counts.
 import hashlib
 import json
 import os
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -519,7 +520,10 @@ def add_decoder_lora(model, r: int = 8, lora_alpha: int = 16, lora_dropout: floa
         target_modules=rf".*\.language_model\..*\.({targets})",
         modules_to_save=["visual_adapter", "qgcam"],
     )
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft reads `is_gradient_checkpointing`, which transformers 5.24 deprecates: not the user's to act on.
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 __all__ = [

@@ -118,6 +118,39 @@ def test_bcqlm_ask_needs_neither_torchvision_nor_timm(tmp_path, example):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == questions[question]
 
+def test_loading_and_answering_prints_nothing_but_the_answer(tmp_path, example):
+    """No warning from the package, transformers or the libraries our code paths import, on the Python API or the CLI."""
+    questions, _ = example
+    question = next(iter(questions))
+    script = (
+        "import sys\n"
+        "from transformers import AutoModel, AutoProcessor, pipeline\n"
+        "from modeling_bcqlm import DEFAULT_MODEL\n"
+        "image, question = sys.argv[1:]\n"
+        "model, processor = AutoModel.from_pretrained(DEFAULT_MODEL), AutoProcessor.from_pretrained(DEFAULT_MODEL)\n"
+        "inputs = processor(images=image, text=question, return_tensors='pt')\n"
+        "print(processor.batch_decode(model.generate(**inputs, max_new_tokens=8), skip_special_tokens=True)[0])\n"
+        "print(pipeline('visual-question-answering', model=DEFAULT_MODEL)(image=image, question=question)[0]['answer'])\n"
+        "messages = [{'role': 'user', 'content': [{'type': 'image', 'url': image}, {'type': 'text', 'text': question}]}]\n"
+        "chat = pipeline('image-text-to-text', model=DEFAULT_MODEL)\n"
+        "print(chat(text=messages, max_new_tokens=8, return_full_text=False)[0]['generated_text'])\n"
+        "assert 'bitsandbytes' not in sys.modules, 'imported without a quantization config'\n"
+    )
+    # `-W always` shows every Python warning, deprecations included; progress bars are not warnings.
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
+    result = subprocess.run(
+        [sys.executable, "-W", "always", "-c", script, str(EXAMPLE_IMAGE), question],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr == ""
+    assert result.stdout.splitlines() == [questions[question]] * 3
+
+    cli = run_bcqlm("ask", "--image", EXAMPLE_IMAGE, "--question", question, cwd=tmp_path)
+    assert cli.returncode == 0 and cli.stderr == "", cli.stderr[-3000:]
+    assert cli.stdout == questions[question] + "\n"
+
+
 def test_bcqlm_ask_top_k_prints_scored_answers(tmp_path, example):
     questions, _ = example
     question = next(iter(questions))
