@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch import nn
 from transformers import AutoModel, AutoModelForImageTextToText
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from modeling_bcqlm import BcQLMForConditionalGeneration, BreezeCLIPModel
 from modeling_bcqlm.modeling_bcqlm import BcQLMQGCAM
@@ -251,6 +252,24 @@ def test_greedy_generation_with_cache_equals_without_cache():
     assert with_cache.shape == (2, 22)
     assert torch.equal(with_cache, without_cache)
     assert len(set(with_cache[:, 10:].flatten().tolist())) > 2  # a non-degenerate continuation
+
+
+def test_decoding_by_hand_with_the_returned_cache_matches_generate():
+    """The cache comes back and goes in under the installed release's name (`cache` from 5.24, `past_key_values` before)."""
+    (cache_name,) = [name for name in CausalLMOutputWithPast.__dataclass_fields__ if name in ("cache", "past_key_values")]
+    model = make_model(std=0.3)
+    inputs = make_inputs(batch_size=1)
+    with torch.no_grad():
+        out = model(**inputs, use_cache=True)
+        tokens, mask = [out.logits[:, -1].argmax(-1)], inputs["attention_mask"]
+        for _ in range(4):
+            mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
+            out = model(input_ids=tokens[-1][:, None], attention_mask=mask, **{cache_name: out[cache_name]})
+            tokens.append(out.logits[:, -1].argmax(-1))
+        # A generated `<image>` id after the prompt is a token, not a placeholder missing its image.
+        model(input_ids=torch.tensor([[IMAGE_TOKEN_ID]]), **{cache_name: out[cache_name]})
+    generated = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    assert torch.equal(torch.stack(tokens, dim=1), generated[:, inputs["input_ids"].shape[1] :])
 
 
 def test_visual_features_are_computed_on_prefill_only(monkeypatch):
