@@ -1,4 +1,4 @@
-from setuptools import setup
+from setuptools import find_packages, setup
 
 
 # Every lower bound is a release that CI installs and tests (.ci/floors.txt, the second run of .ci/run).
@@ -28,10 +28,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    packages=["modeling_bcqlm"],
+    packages=find_packages(include=["modeling_bcqlm", "modeling_bcqlm.*"]),
     # The small model trained by `examples/train_default_model.py` ships inside the package (`DEFAULT_MODEL`).
     package_data={"modeling_bcqlm": ["default_model/*", "default_model/question_tokenizer/*"]},
-    entry_points={"console_scripts": ["bcqlm = modeling_bcqlm.cli_bcqlm:main"]},
+    entry_points={"console_scripts": ["bcqlm = modeling_bcqlm.cli.main:main"]},
     python_requires=">=3.10",
     install_requires=INFERENCE,
     extras_require={"train": TRAIN, "quant": QUANT, "test": TEST + TRAIN + QUANT},

@@ -23,7 +23,7 @@ from tokenizers import pre_tokenizers
 from transformers import BertTokenizer, CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
 
 from modeling_bcqlm import BcQLMImageProcessor, BreezeCLIPConfig
-from modeling_bcqlm.training_bcqlm import (
+from modeling_bcqlm.training import (
     BreezeCLIPDistillationArguments,
     BreezeCLIPDistillationCollator,
     BreezeCLIPDistillationTrainer,

@@ -27,7 +27,7 @@ from benchmarks.compare_peers import machine_info  # noqa: E402
 from benchmarks.quantized_accuracy import QUESTION_TYPES, default_test_split  # noqa: E402
 from examples.evaluate_vqa import answer_questions, score  # noqa: E402
 from modeling_bcqlm import DEFAULT_MODEL, BcQLMForConditionalGeneration, BcQLMProcessor  # noqa: E402
-from modeling_bcqlm.synthetic_shapes import BACKGROUND_COLOUR  # noqa: E402
+from modeling_bcqlm.data.synthetic_shapes import BACKGROUND_COLOUR  # noqa: E402
 
 
 CONDITIONS = ("own scene", "another scene", "empty scene")

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from modeling_bcqlm import DEFAULT_MODEL, BcQLMConfig, BcQLMForConditionalGeneration, BcQLMProcessor
-from modeling_bcqlm.synthetic_shapes import COLOURS, MAX_OBJECTS, SHAPES, SIZES, make_synthetic_vqa
-from modeling_bcqlm.training_bcqlm import BcQLMVQACollator
+from modeling_bcqlm.data.synthetic_shapes import COLOURS, MAX_OBJECTS, SHAPES, SIZES, make_synthetic_vqa
+from modeling_bcqlm.training import BcQLMVQACollator
 
 
 IMAGE_SIZE = 128

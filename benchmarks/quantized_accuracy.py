@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from benchmarks.compare_peers import machine_info  # noqa: E402
 from examples import evaluate_vqa  # noqa: E402
 from modeling_bcqlm import DEFAULT_MODEL  # noqa: E402
-from modeling_bcqlm.synthetic_shapes import make_synthetic_vqa  # noqa: E402
+from modeling_bcqlm.data.synthetic_shapes import make_synthetic_vqa  # noqa: E402
 
 
 STORAGES = ("fp32", "int8", "nf4", "fp4")

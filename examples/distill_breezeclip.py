@@ -22,8 +22,8 @@ import transformers
 from transformers import AutoModel, AutoProcessor, AutoTokenizer, HfArgumentParser, set_seed
 
 from modeling_bcqlm import BcQLMImageProcessor, BreezeCLIPConfig
-from modeling_bcqlm.data_bcqlm import load_caption_file
-from modeling_bcqlm.training_bcqlm import (
+from modeling_bcqlm.data.loaders import load_caption_file
+from modeling_bcqlm.training import (
     BreezeCLIPDistillationArguments,
     BreezeCLIPDistillationCollator,
     BreezeCLIPDistillationTrainer,

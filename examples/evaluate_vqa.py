@@ -29,8 +29,9 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 from transformers import BitsAndBytesConfig, HfArgumentParser
 
-from modeling_bcqlm import BcQLMForConditionalGeneration, BcQLMProcessor, vqa_accuracy
-from modeling_bcqlm.data_bcqlm import load_vqa_dataset
+from modeling_bcqlm import BcQLMForConditionalGeneration, BcQLMProcessor
+from modeling_bcqlm.data.loaders import load_vqa_dataset
+from modeling_bcqlm.evaluation import vqa_accuracy
 
 
 logger = logging.getLogger(__name__)

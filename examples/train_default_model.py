@@ -2,8 +2,8 @@
 
     python examples/train_default_model.py --output_dir modeling_bcqlm/default_model
 
-1. Data: synthetic shape scenes (`modeling_bcqlm.synthetic_shapes`): captions for stage 1, questions for stage 2, and a
-   test split that also holds shape-colour combinations never seen in training.
+1. Data: synthetic shape scenes (`modeling_bcqlm.data.synthetic_shapes`): captions for stage 1, questions for stage 2,
+   and a test split that also holds shape-colour combinations never seen in training.
 2. Tokenizers, trained on the synthetic text: a byte-level BPE for the decoder, a WordPiece vocabulary for the
    question encoder, a CLIP BPE for the teacher.
 3. A small CLIP teacher (`transformers.CLIPModel`) trained contrastively on the captions with the `Trainer`.
@@ -49,7 +49,7 @@ from transformers import (
 )
 
 from modeling_bcqlm import BreezeCLIPConfig
-from modeling_bcqlm.synthetic_shapes import make_synthetic_captions, make_synthetic_splits
+from modeling_bcqlm.data.synthetic_shapes import make_synthetic_captions, make_synthetic_splits
 
 
 REPO = Path(__file__).resolve().parents[1]

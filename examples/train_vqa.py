@@ -11,7 +11,7 @@ paper's recipe: BreezeCLIP and the decoder frozen, the visual adapter and Q-GCAM
 trains the decoder too, `--recipe full` everything; `--lora` adds LoRA adapters to the decoder, merged into the saved
 model). Data: the VQAv2, GQA and VizWiz
 files, a .jsonl/.csv/.json file with image, question and answer(s), a folder, or a Hub dataset id (see
-`modeling_bcqlm.data_bcqlm.load_vqa_dataset`). The output folder holds the trained model and its processor (loadable
+`modeling_bcqlm.data.loaders.load_vqa_dataset`). The output folder holds the trained model and its processor (loadable
 with `from_pretrained`), the checkpoints and `all_results.json`. Runs under `accelerate launch` as well.
 """
 
@@ -23,8 +23,8 @@ import transformers
 from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from modeling_bcqlm import BcQLMForConditionalGeneration, BcQLMProcessor
-from modeling_bcqlm.data_bcqlm import load_vqa_dataset
-from modeling_bcqlm.training_bcqlm import BcQLMVQACollator, add_decoder_lora
+from modeling_bcqlm.data.loaders import load_vqa_dataset
+from modeling_bcqlm.training import BcQLMVQACollator, add_decoder_lora, freeze_for_stage2
 
 
 logger = logging.getLogger(__name__)
@@ -93,9 +93,9 @@ def main(argv: list[str] | None = None) -> dict:
             raise ValueError("--lora trains LoRA adapters on a frozen decoder: use it with --recipe stage2.")
         model = add_decoder_lora(model, script_args.lora_r, script_args.lora_alpha, script_args.lora_dropout)
     elif script_args.recipe == "stage2":
-        model.freeze_for_stage2()
+        freeze_for_stage2(model)
     elif script_args.recipe == "frozen_vision":
-        model.freeze_for_stage2(decoder="trained")
+        freeze_for_stage2(model, decoder="trained")
     trainable = sum(param.numel() for param in model.parameters() if param.requires_grad)
     logger.info(f"Training {trainable:,} of {sum(param.numel() for param in model.parameters()):,} parameters.")
 

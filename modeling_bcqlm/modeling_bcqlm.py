@@ -492,38 +492,6 @@ class BcQLMForConditionalGeneration(BcQLMPreTrainedModel, GenerationMixin):
         """Question-independent visual tokens `(batch_size, image_seq_length, hidden_size)`; see [`BcQLMModel.get_image_features`]."""
         return self.model.get_image_features(pixel_values)
 
-    def freeze_for_stage2(self, decoder: str = "frozen") -> None:
-        """
-        Stage-2 training: freeze BreezeCLIP (kept in eval mode under `model.train()`, so MobileViT's batch-norm
-        statistics and the towers' dropout do not change); the visual adapter and Q-GCAM train. The decoder (with its
-        head) is, by `decoder`:
-
-        - `"frozen"`: frozen and kept in eval mode, the paper's recipe;
-        - `"adapters"`: frozen but following `train()`, for adapters such as LoRA added to it, whose dropout must run;
-        - `"trained"`: trained.
-        """
-        if decoder not in ("frozen", "adapters", "trained"):
-            raise ValueError(f"`decoder` must be 'frozen', 'adapters' or 'trained', got {decoder!r}.")
-        self.model.breezeclip.requires_grad_(False)
-        for module in (self.model.language_model, self.lm_head):
-            module.requires_grad_(decoder == "trained")
-        self._frozen_modules = (self.model.breezeclip,)
-        if decoder == "frozen":
-            self._frozen_modules += (self.model.language_model,)
-        self.train(self.training)
-
-    def unfreeze(self) -> None:
-        """Make every parameter trainable again."""
-        self.requires_grad_(True)
-        self._frozen_modules = ()
-        self.train(self.training)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        for module in getattr(self, "_frozen_modules", ()):
-            module.eval()
-        return self
-
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,

@@ -8,7 +8,7 @@ import torch
 
 from benchmarks import compare_peers as cp
 from modeling_bcqlm import BcQLMConfig
-from modeling_bcqlm.synthetic_shapes import make_synthetic_vqa
+from modeling_bcqlm.data.synthetic_shapes import make_synthetic_vqa
 
 
 def test_full_size_peers_have_the_requested_shapes():

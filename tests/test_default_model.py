@@ -13,7 +13,7 @@ import pytest
 from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor, pipeline
 
 from modeling_bcqlm import DEFAULT_MODEL, BcQLMForConditionalGeneration, BcQLMProcessor
-from modeling_bcqlm.synthetic_shapes import make_synthetic_vqa
+from modeling_bcqlm.data.synthetic_shapes import make_synthetic_vqa
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,9 +36,18 @@ def bcqlm_command() -> str:
     return command
 
 
+def run(command: list, cwd, **env) -> subprocess.CompletedProcess:
+    """`command` in a fresh process, offline, with `env` added to the environment."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", **env)
+    return subprocess.run(list(map(str, command)), cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
 def run_bcqlm(*args, cwd) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    return subprocess.run([bcqlm_command(), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return run([bcqlm_command(), *args], cwd)
+
+
+def run_python(*args, cwd, **env) -> subprocess.CompletedProcess:
+    return run([sys.executable, *args], cwd, **env)
 
 
 def test_example_image_is_the_synthetic_scene(example):
@@ -103,20 +112,13 @@ def test_bcqlm_ask_needs_neither_torchvision_nor_timm(tmp_path, example):
     script = (
         "import sys\n"
         "sys.modules['torchvision'] = sys.modules['timm'] = None  # as if not installed: imports fail, find_spec is None\n"
-        "from modeling_bcqlm.cli_bcqlm import main\n"
+        "from modeling_bcqlm.cli.main import main\n"
         "main(sys.argv[1:])\n"
     )
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    result = subprocess.run(
-        [sys.executable, "-c", script, "ask", "--image", str(EXAMPLE_IMAGE), "--question", question],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_python("-c", script, "ask", "--image", EXAMPLE_IMAGE, "--question", question, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == questions[question]
+
 
 def test_loading_and_answering_prints_nothing_but_the_answer(tmp_path, example):
     """No warning from the package, transformers or the libraries our code paths import, on the Python API or the CLI."""
@@ -137,11 +139,9 @@ def test_loading_and_answering_prints_nothing_but_the_answer(tmp_path, example):
         "assert 'bitsandbytes' not in sys.modules, 'imported without a quantization config'\n"
     )
     # `-W always` shows every Python warning, deprecations included; progress bars are not warnings.
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
-    result = subprocess.run(
-        [sys.executable, "-W", "always", "-c", script, str(EXAMPLE_IMAGE), question],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    result = run_python(
+        "-W", "always", "-c", script, EXAMPLE_IMAGE, question, cwd=tmp_path, HF_HUB_DISABLE_PROGRESS_BARS="1"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr == ""
     assert result.stdout.splitlines() == [questions[question]] * 3
@@ -235,7 +235,6 @@ def test_loading_warns_of_no_missing_torchvision_variant(tmp_path):
         "from modeling_bcqlm import DEFAULT_MODEL, BcQLMImageProcessor\n"
         "assert isinstance(AutoProcessor.from_pretrained(DEFAULT_MODEL).image_processor, BcQLMImageProcessor)\n"
     )
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    result = run_python("-c", script, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "backend" not in result.stderr, result.stderr

@@ -289,44 +289,6 @@ def test_visual_features_are_computed_on_prefill_only(monkeypatch):
     assert question_calls == [1]
 
 
-def test_freeze_for_stage2_trains_only_adapter_and_qgcam():
-    model = make_model()
-    model.freeze_for_stage2()
-    trainable = {name.split(".")[1] for name, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {"visual_adapter", "qgcam"}
-
-    model.train()
-    assert model.model.qgcam.training
-    assert not model.model.breezeclip.training and not model.model.language_model.training
-    batch_norm = next(m for m in model.model.breezeclip.modules() if isinstance(m, nn.BatchNorm2d))
-    stats = batch_norm.running_mean.clone()
-    before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    inputs = make_inputs()
-    loss = model(**inputs, labels=inputs["input_ids"]).loss
-    loss.backward()
-    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1).step()
-    changed = {name.split(".")[1] for name, p in model.named_parameters() if not torch.equal(p, before[name])}
-    assert changed == {"visual_adapter", "qgcam"}
-    assert torch.equal(batch_norm.running_mean, stats)
-
-    model.unfreeze()
-    assert all(p.requires_grad for p in model.parameters())
-    model.train()
-    assert model.model.breezeclip.training
-
-
-@pytest.mark.parametrize("decoder", ["adapters", "trained"])
-def test_freeze_for_stage2_decoder_options(decoder):
-    model = make_model()
-    model.freeze_for_stage2(decoder=decoder)
-    trainable = {name.split(".")[1] for name, p in model.named_parameters() if p.requires_grad}  # the head is tied
-    assert trainable == {"visual_adapter", "qgcam"} | ({"language_model"} if decoder == "trained" else set())
-    model.train()
-    assert model.model.language_model.training and not model.model.breezeclip.training
-    with pytest.raises(ValueError, match="'frozen', 'adapters' or 'trained'"):
-        model.freeze_for_stage2(decoder="lora")
-
-
 # Bad input
 
 

@@ -15,7 +15,7 @@ from datasets import DatasetDict
 from datasets import Image as ImageFeature
 from PIL import Image
 
-from modeling_bcqlm.synthetic_shapes import (
+from modeling_bcqlm.data.synthetic_shapes import (
     ATTRIBUTE_TEMPLATES,
     BACKGROUND_COLOUR,
     COLOURS,

@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from modeling_bcqlm import BreezeCLIPModel
-from modeling_bcqlm.training_bcqlm import (
+from modeling_bcqlm.training import (
     BcQLMVQACollator,
     BreezeCLIPDistillationArguments,
     BreezeCLIPDistillationCollator,
@@ -20,7 +21,9 @@ from modeling_bcqlm.training_bcqlm import (
     add_decoder_lora,
     affinity_distillation_loss,
     feature_distillation_loss,
+    freeze_for_stage2,
     precompute_teacher_embeddings,
+    unfreeze,
 )
 
 from .helpers import make_image, make_model_and_processor
@@ -367,9 +370,47 @@ def vqa_args(output_dir, **kwargs) -> TrainingArguments:
     return TrainingArguments(**{**defaults, **kwargs})
 
 
+def test_freeze_for_stage2_trains_only_adapter_and_qgcam():
+    model, processor = make_model_and_processor()
+    freeze_for_stage2(model)
+    trainable = {name.split(".")[1] for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"visual_adapter", "qgcam"}
+
+    model.train()
+    assert model.model.qgcam.training
+    assert not model.model.breezeclip.training and not model.model.language_model.training
+    batch_norm = next(m for m in model.model.breezeclip.modules() if isinstance(m, nn.BatchNorm2d))
+    stats = batch_norm.running_mean.clone()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    inputs = processor(images=[make_image(), make_image(seed=1)], text=["What is it?", "Is it red?"], return_tensors="pt")
+    labels = inputs["input_ids"].masked_fill(inputs["input_ids"] == model.config.image_token_id, -100)
+    model(**inputs, labels=labels).loss.backward()
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1).step()
+    changed = {name.split(".")[1] for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed == {"visual_adapter", "qgcam"}
+    assert torch.equal(batch_norm.running_mean, stats)
+
+    unfreeze(model)
+    assert all(p.requires_grad for p in model.parameters())
+    model.train()
+    assert model.model.breezeclip.training
+
+
+@pytest.mark.parametrize("decoder", ["adapters", "trained"])
+def test_freeze_for_stage2_decoder_options(decoder):
+    model, processor = make_model_and_processor()
+    freeze_for_stage2(model, decoder=decoder)
+    trainable = {name.split(".")[1] for name, p in model.named_parameters() if p.requires_grad}  # the head is tied
+    assert trainable == {"visual_adapter", "qgcam"} | ({"language_model"} if decoder == "trained" else set())
+    model.train()
+    assert model.model.language_model.training and not model.model.breezeclip.training
+    with pytest.raises(ValueError, match="'frozen', 'adapters' or 'trained'"):
+        freeze_for_stage2(model, decoder="lora")
+
+
 def test_stage2_trains_only_the_adapter_and_qgcam(tmp_path):
     model, processor = make_model_and_processor(std=0.05)
-    model.freeze_for_stage2()
+    freeze_for_stage2(model)
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     dataset = make_vqa_dataset()
     collator = BcQLMVQACollator(processor)
@@ -422,7 +463,7 @@ def test_vqa_training_resumes_to_the_same_weights(tmp_path):
 
     def make_trainer(output_dir):
         model, processor = make_model_and_processor(std=0.05)
-        model.freeze_for_stage2()
+        freeze_for_stage2(model)
         args = vqa_args(output_dir, max_steps=-1, num_train_epochs=2, save_strategy="steps", save_steps=3)
         return Trainer(model=model, args=args, train_dataset=dataset, data_collator=BcQLMVQACollator(processor))
 

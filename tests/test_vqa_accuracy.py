@@ -8,8 +8,8 @@ from pathlib import Path
 import evaluate
 import pytest
 
-from modeling_bcqlm import vqa_accuracy
-from modeling_bcqlm.vqa_accuracy import exact_match_score, normalize_answer, vqa_score
+from modeling_bcqlm.evaluation import vqa_accuracy
+from modeling_bcqlm.evaluation.vqa_accuracy import exact_match_score, normalize_answer, vqa_score
 
 
 def _no_network(*args, **kwargs):

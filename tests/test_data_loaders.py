@@ -8,7 +8,7 @@ from datasets import Dataset, DatasetDict, Features, Value
 from datasets import Image as ImageFeature
 from PIL import Image
 
-from modeling_bcqlm.data_bcqlm import (
+from modeling_bcqlm.data.loaders import (
     VQA_FEATURES,
     load_caption_file,
     load_gqa,

@@ -39,7 +39,7 @@ from datasets import Dataset, DatasetDict, Features, Value
 from datasets import Image as ImageFeature
 from PIL import Image, ImageDraw
 
-from .data_bcqlm import VQA_FEATURES
+from .loaders import VQA_FEATURES
 
 
 SHAPES = ("circle", "square", "triangle")

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import pipeline
     from transformers.utils import logging
 
-    from . import DEFAULT_MODEL
+    from .. import DEFAULT_MODEL
 
     logging.disable_progress_bar()  # loading a model of a few MB needs none; the command prints the answer only
 

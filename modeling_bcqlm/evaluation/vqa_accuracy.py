@@ -112,7 +112,7 @@ Returns:
             the means over each type's questions, as the official per-question-type and per-answer-type accuracies.
 
 Example:
-    >>> vqa_accuracy = evaluate.load("path/to/modeling_bcqlm/vqa_accuracy.py")
+    >>> vqa_accuracy = evaluate.load("path/to/modeling_bcqlm/evaluation/vqa_accuracy.py")
     >>> references = [["2"] * 2 + ["3"] * 8, ["yes"] * 10]
     >>> vqa_accuracy.compute(predictions=["Two.", "yes"], references=references)
     {'accuracy': 0.8, 'exact_match': 0.5}

@@ -1,15 +1,11 @@
-"""Training BcQLM with the `transformers` `Trainer`.
-
-Stage 1 distils [`BreezeCLIPModel`] from a frozen `transformers.CLIPModel` teacher ([`BreezeCLIPDistillationTrainer`]
-on a [`BreezeCLIPForDistillation`], batches made by [`BreezeCLIPDistillationCollator`]). Stage 2 trains
-[`BcQLMForConditionalGeneration`] with the plain `Trainer`; [`BcQLMVQACollator`] builds the prompts and masks the
-labels so that only the answer counts.
+"""Stage 1: [`BreezeCLIPModel`] distilled from a frozen `transformers.CLIPModel` teacher with the `Trainer`
+([`BreezeCLIPDistillationTrainer`] on a [`BreezeCLIPForDistillation`], batches made by
+[`BreezeCLIPDistillationCollator`]).
 """
 
 import hashlib
 import json
 import os
-import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -18,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer, TrainingArguments
-from transformers.image_utils import load_image
 from transformers.modeling_outputs import ModelOutput
 from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 
-from .configuration_bcqlm import BreezeCLIPConfig
-from .modeling_bcqlm import BreezeCLIPModel, BreezeCLIPPreTrainedModel
+from ..configuration_bcqlm import BreezeCLIPConfig
+from ..data.images import to_rgb_images
+from ..modeling_bcqlm import BreezeCLIPModel, BreezeCLIPPreTrainedModel
 
 
 FEATURE_DISTILLATION_LOSSES = ("mse", "cosine")
@@ -302,11 +298,6 @@ def _teacher_forward(teacher, pixel_values, input_ids, attention_mask=None) -> t
     return image_embeds, text_embeds
 
 
-def _to_rgb_images(images: list) -> list:
-    """Images as RGB PIL images; paths and URLs are loaded."""
-    return [load_image(image).convert("RGB") if isinstance(image, str) else image.convert("RGB") for image in images]
-
-
 class BreezeCLIPDistillationCollator:
     """
     Makes stage-1 batches from rows holding an image (PIL image or path) and a caption: the student's inputs
@@ -336,7 +327,7 @@ class BreezeCLIPDistillationCollator:
                     f"The rows have no {key!r} column (they have {sorted(rows[0])}): set `image_column`/`text_column`, "
                     "and keep the raw columns with `remove_unused_columns=False`."
                 )
-        images = _to_rgb_images([row[self.image_column] for row in rows])
+        images = to_rgb_images([row[self.image_column] for row in rows])
         captions = [row[self.text_column] for row in rows]
         text = self.tokenizer(
             captions, padding=True, truncation=True, return_token_type_ids=False, return_tensors="pt"
@@ -400,7 +391,7 @@ def precompute_teacher_embeddings(
 
     def embed(batch):
         inputs = teacher_processor(
-            images=_to_rgb_images(batch[image_column]),
+            images=to_rgb_images(batch[image_column]),
             text=batch[text_column],
             padding=True,
             truncation=True,
@@ -425,115 +416,12 @@ def precompute_teacher_embeddings(
     )
 
 
-class BcQLMVQACollator:
-    """
-    Makes stage-2 batches for [`BcQLMForConditionalGeneration`] from rows holding an image, a question and an answer.
-    Each sequence is the processor's prompt (`<image>` expanded, `"Question: {question}\nAnswer:"`), then `" " +
-    answer` and the end-of-text token; `labels` are -100 everywhere but on the answer's tokens and the end-of-text
-    token, so only the answer counts. Sequences are right-padded (positions match generation's left-padded prompts,
-    which take their positions from the attention mask).
-
-    Args:
-        processor ([`BcQLMProcessor`]): the model's processor.
-        image_column, question_column, answer_column (`str`): the row keys (`"image"`, `"question"`, `"answer"`).
-        max_answer_tokens (`int`, *optional*): answers are truncated to this many tokens (before end-of-text).
-    """
-
-    def __init__(
-        self,
-        processor,
-        image_column: str = "image",
-        question_column: str = "question",
-        answer_column: str = "answer",
-        max_answer_tokens: int | None = None,
-    ):
-        tokenizer = processor.tokenizer
-        if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
-            raise ValueError(
-                "The decoder tokenizer needs an end-of-text and a padding token for training: set "
-                "`tokenizer.eos_token` and `tokenizer.pad_token` (Llama-3 has no pad token: e.g. add '<|pad|>' or "
-                "use a reserved special token)."
-            )
-        self.processor = processor
-        self.image_column = image_column
-        self.question_column = question_column
-        self.answer_column = answer_column
-        self.max_answer_tokens = max_answer_tokens
-
-    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        for key in (self.image_column, self.question_column, self.answer_column):
-            if key not in rows[0]:
-                raise KeyError(
-                    f"The rows have no {key!r} column (they have {sorted(rows[0])}): set the collator's column names, "
-                    "and keep the raw columns with `remove_unused_columns=False`."
-                )
-        tokenizer = self.processor.tokenizer
-        images = _to_rgb_images([row[self.image_column] for row in rows])
-        prompts = self.processor(
-            images=images, text=[row[self.question_column] for row in rows], padding=False, return_tensors=None
-        )
-        answers = tokenizer(
-            [" " + str(row[self.answer_column]).strip() for row in rows], add_special_tokens=False
-        )["input_ids"]
-
-        sequences, labels = [], []
-        for prompt_ids, answer_ids in zip(prompts["input_ids"], answers):
-            answer_ids = answer_ids[: self.max_answer_tokens] + [tokenizer.eos_token_id]
-            sequences.append(list(prompt_ids) + answer_ids)
-            labels.append([-100] * len(prompt_ids) + answer_ids)
-        length = max(map(len, sequences))
-        input_ids = torch.full((len(rows), length), tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-        label_ids = torch.full((len(rows), length), -100, dtype=torch.long)
-        for index, (sequence, sequence_labels) in enumerate(zip(sequences, labels)):
-            input_ids[index, : len(sequence)] = torch.tensor(sequence)
-            attention_mask[index, : len(sequence)] = 1
-            label_ids[index, : len(sequence)] = torch.tensor(sequence_labels)
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "labels": label_ids,
-            "pixel_values": torch.as_tensor(np.array(prompts["pixel_values"])),
-            "question_input_ids": torch.tensor(prompts["question_input_ids"]),
-            "question_attention_mask": torch.tensor(prompts["question_attention_mask"]),
-        }
-
-
-DECODER_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def add_decoder_lora(model, r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.05, target_modules=None):
-    """
-    Wrap a [`BcQLMForConditionalGeneration`] in a `peft` LoRA model: LoRA on the decoder's linear layers only (Q-GCAM's
-    projections share some names, so the targets are matched under `model.language_model`), with the visual adapter
-    and Q-GCAM fully trained (`modules_to_save`), BreezeCLIP and the decoder's own weights frozen. After training,
-    `merge_and_unload()` gives back a plain `BcQLMForConditionalGeneration`.
-    """
-    from peft import LoraConfig, get_peft_model
-
-    model.freeze_for_stage2(decoder="adapters")
-    targets = "|".join(target_modules or DECODER_LORA_TARGETS)
-    config = LoraConfig(
-        r=r,
-        lora_alpha=lora_alpha,
-        lora_dropout=lora_dropout,
-        target_modules=rf".*\.language_model\..*\.({targets})",
-        modules_to_save=["visual_adapter", "qgcam"],
-    )
-    with warnings.catch_warnings():
-        # peft reads `is_gradient_checkpointing`, which transformers 5.24 deprecates: not the user's to act on.
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-        return get_peft_model(model, config)
-
-
 __all__ = [
-    "BcQLMVQACollator",
     "BreezeCLIPDistillationArguments",
     "BreezeCLIPDistillationCollator",
     "BreezeCLIPDistillationOutput",
     "BreezeCLIPDistillationTrainer",
     "BreezeCLIPForDistillation",
-    "add_decoder_lora",
     "affinity_distillation_loss",
     "feature_distillation_loss",
     "precompute_teacher_embeddings",

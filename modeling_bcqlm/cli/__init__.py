@@ -1,0 +1,1 @@
+"""The `bcqlm` console command."""

@@ -1,0 +1,29 @@
+"""Training BcQLM with the `transformers` `Trainer`: BreezeCLIP distillation (stage 1) and VQA training (stage 2)."""
+
+from .distillation import (
+    BreezeCLIPDistillationArguments,
+    BreezeCLIPDistillationCollator,
+    BreezeCLIPDistillationOutput,
+    BreezeCLIPDistillationTrainer,
+    BreezeCLIPForDistillation,
+    affinity_distillation_loss,
+    feature_distillation_loss,
+    precompute_teacher_embeddings,
+)
+from .vqa import BcQLMVQACollator, add_decoder_lora, freeze_for_stage2, unfreeze
+
+
+__all__ = [
+    "BcQLMVQACollator",
+    "BreezeCLIPDistillationArguments",
+    "BreezeCLIPDistillationCollator",
+    "BreezeCLIPDistillationOutput",
+    "BreezeCLIPDistillationTrainer",
+    "BreezeCLIPForDistillation",
+    "add_decoder_lora",
+    "affinity_distillation_loss",
+    "feature_distillation_loss",
+    "freeze_for_stage2",
+    "precompute_teacher_embeddings",
+    "unfreeze",
+]

@@ -1,0 +1,159 @@
+"""Stage 2: [`BcQLMForConditionalGeneration`] trained with the plain `Trainer`. [`freeze_for_stage2`] applies the
+recipe, [`BcQLMVQACollator`] builds the prompts and masks the labels so that only the answer counts,
+[`add_decoder_lora`] adds LoRA adapters to the decoder.
+"""
+
+import types
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.images import to_rgb_images
+
+
+STAGE2_DECODER_RECIPES = ("frozen", "adapters", "trained")
+
+
+def _train_in_eval_mode(module: nn.Module, mode: bool = True) -> nn.Module:
+    """`train()` of a frozen module: it stays in eval mode."""
+    return nn.Module.train(module, False)
+
+
+def freeze_for_stage2(model, decoder: str = "frozen") -> None:
+    """
+    Stage-2 recipe on a [`BcQLMForConditionalGeneration`]: BreezeCLIP frozen and kept in eval mode under
+    `model.train()` (so MobileViT's batch-norm statistics and the towers' dropout do not change); the visual adapter
+    and Q-GCAM train. The decoder (with its head) is, by `decoder`:
+
+    - `"frozen"`: frozen and kept in eval mode, the paper's recipe;
+    - `"adapters"`: frozen but following `train()`, for adapters such as LoRA added to it, whose dropout must run;
+    - `"trained"`: trained.
+
+    A frozen module keeps eval mode through its own `train`, replaced on the instance (as BLIP-2's original code does
+    for its frozen image encoder); [`unfreeze`] undoes it all.
+    """
+    if decoder not in STAGE2_DECODER_RECIPES:
+        raise ValueError(f"`decoder` must be 'frozen', 'adapters' or 'trained', got {decoder!r}.")
+    unfreeze(model)
+    model.model.breezeclip.requires_grad_(False)
+    for module in (model.model.language_model, model.lm_head):
+        module.requires_grad_(decoder == "trained")
+    frozen = [model.model.breezeclip] + ([model.model.language_model] if decoder == "frozen" else [])
+    for module in frozen:
+        module.train = types.MethodType(_train_in_eval_mode, module)
+        module.train()
+
+
+def unfreeze(model) -> None:
+    """Undo [`freeze_for_stage2`]: every parameter trainable, every module following `model.train()` again."""
+    model.requires_grad_(True)
+    for module in model.modules():
+        if "train" in vars(module):
+            del module.train
+    model.train(model.training)
+
+
+class BcQLMVQACollator:
+    """
+    Makes stage-2 batches for [`BcQLMForConditionalGeneration`] from rows holding an image, a question and an answer.
+    Each sequence is the processor's prompt (`<image>` expanded, `"Question: {question}\nAnswer:"`), then `" " +
+    answer` and the end-of-text token; `labels` are -100 everywhere but on the answer's tokens and the end-of-text
+    token, so only the answer counts. Sequences are right-padded (positions match generation's left-padded prompts,
+    which take their positions from the attention mask).
+
+    Args:
+        processor ([`BcQLMProcessor`]): the model's processor.
+        image_column, question_column, answer_column (`str`): the row keys (`"image"`, `"question"`, `"answer"`).
+        max_answer_tokens (`int`, *optional*): answers are truncated to this many tokens (before end-of-text).
+    """
+
+    def __init__(
+        self,
+        processor,
+        image_column: str = "image",
+        question_column: str = "question",
+        answer_column: str = "answer",
+        max_answer_tokens: int | None = None,
+    ):
+        tokenizer = processor.tokenizer
+        if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
+            raise ValueError(
+                "The decoder tokenizer needs an end-of-text and a padding token for training: set "
+                "`tokenizer.eos_token` and `tokenizer.pad_token` (Llama-3 has no pad token: e.g. add '<|pad|>' or "
+                "use a reserved special token)."
+            )
+        self.processor = processor
+        self.image_column = image_column
+        self.question_column = question_column
+        self.answer_column = answer_column
+        self.max_answer_tokens = max_answer_tokens
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        for key in (self.image_column, self.question_column, self.answer_column):
+            if key not in rows[0]:
+                raise KeyError(
+                    f"The rows have no {key!r} column (they have {sorted(rows[0])}): set the collator's column names, "
+                    "and keep the raw columns with `remove_unused_columns=False`."
+                )
+        tokenizer = self.processor.tokenizer
+        images = to_rgb_images([row[self.image_column] for row in rows])
+        prompts = self.processor(
+            images=images, text=[row[self.question_column] for row in rows], padding=False, return_tensors=None
+        )
+        answers = tokenizer(
+            [" " + str(row[self.answer_column]).strip() for row in rows], add_special_tokens=False
+        )["input_ids"]
+
+        sequences, labels = [], []
+        for prompt_ids, answer_ids in zip(prompts["input_ids"], answers):
+            answer_ids = answer_ids[: self.max_answer_tokens] + [tokenizer.eos_token_id]
+            sequences.append(list(prompt_ids) + answer_ids)
+            labels.append([-100] * len(prompt_ids) + answer_ids)
+        length = max(map(len, sequences))
+        input_ids = torch.full((len(rows), length), tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        label_ids = torch.full((len(rows), length), -100, dtype=torch.long)
+        for index, (sequence, sequence_labels) in enumerate(zip(sequences, labels)):
+            input_ids[index, : len(sequence)] = torch.tensor(sequence)
+            attention_mask[index, : len(sequence)] = 1
+            label_ids[index, : len(sequence)] = torch.tensor(sequence_labels)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": label_ids,
+            "pixel_values": torch.as_tensor(np.array(prompts["pixel_values"])),
+            "question_input_ids": torch.tensor(prompts["question_input_ids"]),
+            "question_attention_mask": torch.tensor(prompts["question_attention_mask"]),
+        }
+
+
+DECODER_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def add_decoder_lora(model, r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.05, target_modules=None):
+    """
+    Wrap a [`BcQLMForConditionalGeneration`] in a `peft` LoRA model: LoRA on the decoder's linear layers only (Q-GCAM's
+    projections share some names, so the targets are matched under `model.language_model`), with the visual adapter
+    and Q-GCAM fully trained (`modules_to_save`), BreezeCLIP and the decoder's own weights frozen. After training,
+    `merge_and_unload()` gives back a plain `BcQLMForConditionalGeneration`.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    freeze_for_stage2(model, decoder="adapters")
+    targets = "|".join(target_modules or DECODER_LORA_TARGETS)
+    config = LoraConfig(
+        r=r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        target_modules=rf".*\.language_model\..*\.({targets})",
+        modules_to_save=["visual_adapter", "qgcam"],
+    )
+    with warnings.catch_warnings():
+        # peft reads `is_gradient_checkpointing`, which transformers 5.24 deprecates: not the user's to act on.
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, config)
+
+
+__all__ = ["BcQLMVQACollator", "add_decoder_lora", "freeze_for_stage2", "unfreeze"]
