@@ -77,7 +77,7 @@ def make_methods(model, processor, image, questions, max_new_tokens) -> list[tup
 
     def batched_shared_features():
         inputs = processor(images=[image] * num_questions, text=questions, return_tensors="pt")
-        image_features = model.get_image_features(inputs.pop("pixel_values")[:1])
+        image_features = model.get_image_features(inputs.pop("pixel_values")[:1]).pooler_output
         image_features = image_features.expand(num_questions, -1, -1)
         generated = model.generate(**inputs, image_features=image_features, **generate_kwargs)
         return processor.batch_decode(generated, skip_special_tokens=True)

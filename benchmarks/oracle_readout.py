@@ -27,6 +27,7 @@ import time
 import numpy as np
 import torch
 from torch import nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from modeling_bcqlm import DEFAULT_MODEL, BcQLMConfig, BcQLMForConditionalGeneration, BcQLMProcessor
 from modeling_bcqlm.data.synthetic_shapes import COLOURS, MAX_OBJECTS, SHAPES, SIZES, make_synthetic_vqa
@@ -84,7 +85,8 @@ class BcQLMReadout:
         config = BcQLMConfig.from_pretrained(DEFAULT_MODEL)
         self.model = BcQLMForConditionalGeneration(config)
         self.processor = BcQLMProcessor.from_pretrained(DEFAULT_MODEL)
-        self.collator = BcQLMVQACollator(self.processor)
+        # The oracle tokens are per row, not per distinct image.
+        self.collator = BcQLMVQACollator(self.processor, deduplicate_images=False)
         hidden_size = config.text_config.hidden_size
         self.object_projection = nn.Sequential(
             nn.Linear(TOKEN_SIZE, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size)
@@ -92,7 +94,9 @@ class BcQLMReadout:
         self.image_last = image_last
         self.num_tokens = config.image_seq_length
         self.objects = None
-        self.model.model.get_image_features = lambda pixel_values: self.object_projection(self.objects)
+        self.model.model.get_image_features = lambda pixel_values: BaseModelOutputWithPooling(
+            pooler_output=self.object_projection(self.objects)
+        )
 
     def parameters(self):
         return [*self.model.parameters(), *self.object_projection.parameters()]

@@ -294,17 +294,17 @@ class BcQLMModel(BcQLMPreTrainedModel):
     def set_input_embeddings(self, value):
         self.language_model.set_input_embeddings(value)
 
-    def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.Tensor:
+    def get_image_features(self, pixel_values: torch.FloatTensor) -> BaseModelOutputWithPooling:
         """
-        Question-independent visual tokens in the decoder's width (BreezeCLIP image features through the adapter).
-        Consecutive copies of one image (several questions about it, in training or in a batch) go through the image
-        tower once; their features are shared, and so are their gradients.
+        Question-independent visual tokens in the decoder's width: BreezeCLIP's image features through the adapter.
 
         Args:
-            pixel_values: `(batch_size, num_channels, height, width)`.
+            pixel_values: `(num_images, num_channels, height, width)`.
 
         Returns:
-            `(batch_size, image_seq_length, hidden_size)`.
+            `BaseModelOutputWithPooling` whose `pooler_output` holds the visual tokens `(num_images, image_seq_length,
+            hidden_size)` (the `image_features` input of `forward`), `last_hidden_state` BreezeCLIP's projected patch
+            features `(num_images, num_patches, projection_dim)`, and `hidden_states` the image tower's.
         """
         vision_config = self.config.breezeclip_config.vision_config
         expected = (vision_config.num_channels, vision_config.image_size, vision_config.image_size)
@@ -313,18 +313,15 @@ class BcQLMModel(BcQLMPreTrainedModel):
                 f"`pixel_values` must have shape (batch_size, {', '.join(map(str, expected))}), got "
                 f"{tuple(pixel_values.shape)}. Prepare images with BcQLMProcessor / BcQLMImageProcessor."
             )
-        flat = pixel_values.flatten(1)
-        starts_new_image = torch.ones(len(flat), dtype=torch.bool, device=flat.device)
-        starts_new_image[1:] = (flat[1:] != flat[:-1]).any(1)
-        image_outputs = self.breezeclip.get_image_features(pixel_values[starts_new_image])
+        image_outputs = self.breezeclip.get_image_features(pixel_values)
         if self.config.vision_feature_mode == "pooled":
             features = image_outputs.pooler_output[:, None]
         else:
             features = image_outputs.last_hidden_state
         if self.config.normalize_features:
             features = F.normalize(features, dim=-1)
-        features = features[starts_new_image.cumsum(0) - 1]  # back to one row per input
-        return self.visual_adapter(features.to(self.get_input_embeddings().weight.dtype))
+        image_outputs.pooler_output = self.visual_adapter(features.to(self.get_input_embeddings().weight.dtype))
+        return image_outputs
 
     def get_question_features(
         self, question_input_ids: torch.LongTensor, question_attention_mask: torch.Tensor | None = None
@@ -332,15 +329,16 @@ class BcQLMModel(BcQLMPreTrainedModel):
         """
         Question features in BreezeCLIP space for Q-GCAM.
 
-        Left-padded questions (a pipeline's generic collate pads every key on the decoder tokenizer's side) are moved
-        to the right padding MobileBERT expects, so its [CLS] token and positions do not depend on the padding.
+        Questions may come padded on either side (a pipeline's generic collate pads every key on the decoder
+        tokenizer's side, the left): their tokens are moved to the right padding MobileBERT expects, so its [CLS] token
+        and positions do not depend on the padding (a stable sort, the identity for right-padded questions).
 
         Returns:
             `(tokens, pooled, mask)`: tokens `(batch_size, length, projection_dim)` (length 1 with
             `question_feature_mode="pooled"`), pooled `(batch_size, projection_dim)` and the tokens' mask or `None`.
         """
         mask = question_attention_mask
-        if mask is not None and bool((mask[:, :-1] < mask[:, 1:]).any()):
+        if mask is not None:
             order = torch.argsort((mask == 0).to(torch.int8), dim=1, stable=True)
             question_input_ids, question_attention_mask = question_input_ids.gather(1, order), mask.gather(1, order)
         text_outputs = self.breezeclip.get_text_features(question_input_ids, question_attention_mask)
@@ -401,12 +399,17 @@ class BcQLMModel(BcQLMPreTrainedModel):
         question_input_ids: torch.LongTensor | None = None,
         question_attention_mask: torch.Tensor | None = None,
         image_features: torch.FloatTensor | None = None,
+        image_indices: torch.LongTensor | None = None,
         **kwargs,
     ) -> BcQLMModelOutputWithPast:
         r"""
         image_features (`torch.FloatTensor` of shape `(batch_size, image_seq_length, hidden_size)`, *optional*):
-            Output of [`~BcQLMModel.get_image_features`], passed instead of `pixel_values` to ask several questions
-            about the same images without running the image tower again.
+            The `pooler_output` of [`~BcQLMModel.get_image_features`], passed instead of `pixel_values` to ask several
+            questions about the same images without running the image tower again.
+        image_indices (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            The row of `pixel_values` (or `image_features`) each prompt asks about, for training batches that hold
+            several questions per image and each image once ([`BcQLMVQACollator`] builds them). Without it, row i
+            goes with prompt i.
 
         Other keyword arguments go to the decoder: its key/value cache (`cache`; `past_key_values` before
         transformers 5.24), `use_cache`, `output_attentions`, `output_hidden_states`.
@@ -428,7 +431,9 @@ class BcQLMModel(BcQLMPreTrainedModel):
                     "BcQLMProcessor."
                 )
             if image_features is None:
-                image_features = self.get_image_features(pixel_values)
+                image_features = self.get_image_features(pixel_values).pooler_output
+            if image_indices is not None:
+                image_features = self._select_images(image_features, image_indices, len(input_ids))
             fused_features = self.get_fused_image_features(image_features, question_input_ids, question_attention_mask)
             image_mask = input_ids == self.config.image_token_id
             self._check_placeholders(image_mask, fused_features)
@@ -449,6 +454,15 @@ class BcQLMModel(BcQLMPreTrainedModel):
             **kwargs,
         )
         return BcQLMModelOutputWithPast(**outputs, image_hidden_states=fused_features)
+
+    @staticmethod
+    def _select_images(image_features: torch.Tensor, image_indices: torch.LongTensor, batch_size: int) -> torch.Tensor:
+        if image_indices.shape != (batch_size,) or image_indices.dtype != torch.long:
+            raise ValueError(
+                f"`image_indices` must be a LongTensor of shape ({batch_size},), one image row per prompt, got "
+                f"{image_indices.dtype} of shape {tuple(image_indices.shape)}."
+            )
+        return image_features[image_indices]
 
     def _check_placeholders(self, image_mask: torch.Tensor, image_features: torch.Tensor) -> None:
         batch_size, image_seq_length = image_features.shape[:2]
@@ -488,8 +502,8 @@ class BcQLMForConditionalGeneration(BcQLMPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings
 
-    def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.Tensor:
-        """Question-independent visual tokens `(batch_size, image_seq_length, hidden_size)`; see [`BcQLMModel.get_image_features`]."""
+    def get_image_features(self, pixel_values: torch.FloatTensor) -> BaseModelOutputWithPooling:
+        """The visual tokens of `pixel_values` in `pooler_output`; see [`BcQLMModel.get_image_features`]."""
         return self.model.get_image_features(pixel_values)
 
     def forward(
@@ -502,6 +516,7 @@ class BcQLMForConditionalGeneration(BcQLMPreTrainedModel, GenerationMixin):
         question_input_ids: torch.LongTensor | None = None,
         question_attention_mask: torch.Tensor | None = None,
         image_features: torch.FloatTensor | None = None,
+        image_indices: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
@@ -512,8 +527,10 @@ class BcQLMForConditionalGeneration(BcQLMPreTrainedModel, GenerationMixin):
                 per image.
             pixel_values: `(batch_size, 3, image_size, image_size)`, one image per prompt.
             question_input_ids: `(batch_size, question_length)` ids of the question tokenizer (question alone).
-            image_features: `(batch_size, image_seq_length, hidden_size)` from `get_image_features`,
-                instead of `pixel_values`: several questions about one image run its image tower once.
+            image_features: `(batch_size, image_seq_length, hidden_size)`, the `pooler_output` of
+                `get_image_features`, instead of `pixel_values`: several questions about one image run its tower once.
+            image_indices: `(batch_size,)`, the row of `pixel_values` each prompt asks about (training batches that
+                hold each image once); not for `generate`, which takes one image per prompt.
             labels: `(batch_size, sequence_length)` target ids, -100 where no loss is taken.
             kwargs: passed to the decoder, its key/value cache included (`cache`; `past_key_values` before
                 transformers 5.24).
@@ -535,6 +552,7 @@ class BcQLMForConditionalGeneration(BcQLMPreTrainedModel, GenerationMixin):
             question_input_ids=question_input_ids,
             question_attention_mask=question_attention_mask,
             image_features=image_features,
+            image_indices=image_indices,
             **kwargs,
         )
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
@@ -560,6 +578,12 @@ class BcQLMForConditionalGeneration(BcQLMPreTrainedModel, GenerationMixin):
         is_first_iteration=False,
         **kwargs,
     ):
+        if kwargs.get("image_indices") is not None:
+            # `generate` repeats every input per beam or sample, which would break the rows they point at.
+            raise ValueError(
+                "`image_indices` is for training batches; `generate` takes one image per prompt: repeat the pixel "
+                "values, or pass `image_features=model.get_image_features(pixel_values).pooler_output[image_indices]`."
+            )
         model_inputs = super().prepare_inputs_for_generation(
             input_ids, use_cache=use_cache, is_first_iteration=is_first_iteration, **kwargs
         )

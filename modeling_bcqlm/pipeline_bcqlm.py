@@ -169,7 +169,7 @@ class BcQLMVisualQuestionAnsweringPipeline(Pipeline):
         images, index = torch.unique(pixel_values, dim=0, return_inverse=True)
         cache = self._image_features_cache
         if cache is None or not torch.equal(cache[0], images):
-            self._image_features_cache = cache = (images, self.model.get_image_features(images))
+            self._image_features_cache = cache = (images, self.model.get_image_features(images).pooler_output)
         return cache[1][index]
 
     def _forward(self, model_inputs, top_k=1, generate_kwargs=None):

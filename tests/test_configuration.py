@@ -64,7 +64,7 @@ def test_output_stride_16_gives_a_finer_map():
     assert config.image_seq_length == 16  # 64 px -> 4x4 map
     model = BcQLMForConditionalGeneration(config).eval()
     with torch.no_grad():
-        features = model.get_image_features(torch.randn(2, 3, 64, 64))
+        features = model.get_image_features(torch.randn(2, 3, 64, 64)).pooler_output
     assert features.shape == (2, 16, config.text_config.hidden_size)
 
 

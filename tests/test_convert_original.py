@@ -255,7 +255,7 @@ def test_converted_bcqlm_matches_the_released_stage_two(released):
     with torch.no_grad():
         image_embeds, text_embeds = released["breezeclip"](pixel_values, question.input_ids, question.attention_mask)
         expected = released["dgca"](released["adapter"](image_embeds[:, None]), text_embeds[:, None], text_embeds)
-        image_features = model.model.get_image_features(pixel_values)
+        image_features = model.model.get_image_features(pixel_values).pooler_output
         fused = model.model.get_fused_image_features(image_features, question.input_ids, question.attention_mask)
     assert fused.shape == expected.shape == (2, 1, DECODER_WIDTH)
     assert (fused - expected).abs().max() <= TOLERANCE

@@ -365,7 +365,7 @@ def test_several_questions_about_one_image_reuse_its_features(monkeypatch):
     inputs["pixel_values"] = inputs["pixel_values"][:1].expand(3, -1, -1, -1)
     expected = model.generate(**inputs, max_new_tokens=5, do_sample=False)
 
-    image_features = model.get_image_features(inputs.pop("pixel_values")[:1])
+    image_features = model.get_image_features(inputs.pop("pixel_values")[:1]).pooler_output
     calls = []
     monkeypatch.setattr(model.model, "get_image_features", lambda *args: calls.append(1))
     shared = model.generate(**inputs, image_features=image_features.expand(3, -1, -1), max_new_tokens=5, do_sample=False)
@@ -382,26 +382,26 @@ def test_image_features_of_the_wrong_shape_or_with_pixel_values_are_reported():
         model(**inputs, image_features=torch.randn(2, 4, 32))
 
 
-def test_consecutive_copies_of_an_image_run_the_image_tower_once():
+def test_image_features_are_a_model_output_with_one_row_per_image():
     model = make_model(std=0.3)
     a, b = torch.randn(2, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, generator=torch.Generator().manual_seed(3))
-    pixel_values = torch.stack([a, a, b, b, b, a])  # questions about a, then b, then a again
-    tower = model.model.breezeclip.vision_model
+    pixel_values = torch.stack([a, a, b])
     tower_batch_sizes = []
+    tower = model.model.breezeclip.vision_model
     tower.conv_stem.register_forward_hook(lambda module, args, output: tower_batch_sizes.append(len(args[0])))
-    features = model.get_image_features(pixel_values)
-    assert tower_batch_sizes == [3]
-    one_by_one = torch.cat([model.get_image_features(image[None]) for image in pixel_values])
-    torch.testing.assert_close(features, one_by_one, atol=1e-4, rtol=1e-4)
+    outputs = model.get_image_features(pixel_values)
+    assert tower_batch_sizes == [3]  # no hidden deduplication: batches hold each image once where they are built
+    config = model.config
+    assert outputs.pooler_output.shape == (3, config.image_seq_length, config.text_config.hidden_size)
+    assert outputs.last_hidden_state.shape == (3, config.image_seq_length, config.breezeclip_config.projection_dim)
+    one_by_one = torch.cat([model.get_image_features(image[None]).pooler_output for image in pixel_values])
+    torch.testing.assert_close(outputs.pooler_output, one_by_one, atol=1e-4, rtol=1e-4)
 
-    def tower_gradients(feature_batches):
-        model.zero_grad()
-        for batch in feature_batches:
-            model.get_image_features(batch).square().sum().backward()
-        return torch.cat([parameter.grad.flatten() for parameter in tower.parameters()])
 
-    # Training: the copies' gradients add up in the one tower pass, as if each copy had run on its own.
-    shared = tower_gradients([pixel_values])
-    separate = tower_gradients([image[None] for image in pixel_values])
-    torch.testing.assert_close(shared, separate, rtol=1e-3, atol=1e-4 * separate.abs().max().item())
-    assert not torch.allclose(shared, tower_gradients([pixel_values[:3]]), rtol=1e-3)  # and the copies did count
+def test_image_indices_are_checked_and_refused_by_generate():
+    model = make_model()
+    inputs = make_inputs()
+    with pytest.raises(ValueError, match=r"`image_indices` must be a LongTensor of shape \(2,\)"):
+        model(**inputs, image_indices=torch.tensor([0]))
+    with pytest.raises(ValueError, match="one image per prompt"):
+        model.generate(**inputs, image_indices=torch.tensor([0, 1]), max_new_tokens=2)

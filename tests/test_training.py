@@ -340,7 +340,7 @@ def test_vqa_collator_masks_everything_but_the_answer():
         assert answer_positions.nonzero().min() == len(prompt_ids)
         assert tokenizer.decode(batch["labels"][index][answer_positions]) == " " + row["answer"] + tokenizer.eos_token
         assert (batch["labels"][index][answer_positions] == ids[answer_positions]).all()
-    assert batch["pixel_values"].shape == (2, 3, 64, 64)
+    assert batch["pixel_values"].shape == (2, 3, 64, 64) and batch["image_indices"].tolist() in ([0, 1], [1, 0])
     expected = processor(images=[row["image"] for row in rows], text=[row["question"] for row in rows], return_tensors="pt")
     assert torch.equal(batch["question_input_ids"], expected["question_input_ids"])
     torch.testing.assert_close(batch["pixel_values"], expected["pixel_values"])
@@ -406,6 +406,35 @@ def test_freeze_for_stage2_decoder_options(decoder):
     assert model.model.language_model.training and not model.model.breezeclip.training
     with pytest.raises(ValueError, match="'frozen', 'adapters' or 'trained'"):
         freeze_for_stage2(model, decoder="lora")
+
+
+def test_vqa_collator_holds_each_image_once_with_the_same_loss_and_gradients():
+    model, processor = make_model_and_processor()
+    model.eval()  # the tower's batch-norm statistics are then the same whatever else the batch holds
+    a, b = make_image(seed=0), make_image(seed=1)
+    questions = [(a, "What colour is it?"), (b, "Is it red?"), (a, "How many are there?"), (b, "What shape is it?")]
+    rows = [{"image": image, "question": question, "answer": "red"} for image, question in questions]
+    shared = BcQLMVQACollator(processor)(rows)
+    separate = BcQLMVQACollator(processor, deduplicate_images=False)(rows)
+    assert len(shared["pixel_values"]) == 2 and len(separate["pixel_values"]) == 4 and "image_indices" not in separate
+    assert torch.equal(shared["pixel_values"][shared["image_indices"]], separate["pixel_values"])
+
+    tower = model.model.breezeclip.vision_model
+    tower_batch_sizes = []
+    tower.conv_stem.register_forward_hook(lambda module, args, output: tower_batch_sizes.append(len(args[0])))
+
+    def loss_and_tower_gradients(batch):
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        return loss.detach(), torch.cat([parameter.grad.flatten() for parameter in tower.parameters()])
+
+    shared_loss, shared_gradients = loss_and_tower_gradients(shared)
+    separate_loss, separate_gradients = loss_and_tower_gradients(separate)
+    assert tower_batch_sizes == [2, 4]
+    torch.testing.assert_close(shared_loss, separate_loss)
+    # The copies' gradients add up in the one tower pass, as if each copy had run on its own.
+    torch.testing.assert_close(shared_gradients, separate_gradients, atol=1e-5, rtol=1e-4)
 
 
 def test_stage2_trains_only_the_adapter_and_qgcam(tmp_path):

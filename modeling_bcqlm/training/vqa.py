@@ -61,12 +61,15 @@ class BcQLMVQACollator:
     Each sequence is the processor's prompt (`<image>` expanded, `"Question: {question}\nAnswer:"`), then `" " +
     answer` and the end-of-text token; `labels` are -100 everywhere but on the answer's tokens and the end-of-text
     token, so only the answer counts. Sequences are right-padded (positions match generation's left-padded prompts,
-    which take their positions from the attention mask).
+    which take their positions from the attention mask). Each distinct image is in `pixel_values` once, with
+    `image_indices` giving each sequence's row: several questions about one image run the image tower once.
 
     Args:
         processor ([`BcQLMProcessor`]): the model's processor.
         image_column, question_column, answer_column (`str`): the row keys (`"image"`, `"question"`, `"answer"`).
         max_answer_tokens (`int`, *optional*): answers are truncated to this many tokens (before end-of-text).
+        deduplicate_images (`bool`, *optional*, defaults to `True`): `False` gives one `pixel_values` row per sequence
+            and no `image_indices`.
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class BcQLMVQACollator:
         question_column: str = "question",
         answer_column: str = "answer",
         max_answer_tokens: int | None = None,
+        deduplicate_images: bool = True,
     ):
         tokenizer = processor.tokenizer
         if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
@@ -89,6 +93,7 @@ class BcQLMVQACollator:
         self.question_column = question_column
         self.answer_column = answer_column
         self.max_answer_tokens = max_answer_tokens
+        self.deduplicate_images = deduplicate_images
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         for key in (self.image_column, self.question_column, self.answer_column):
@@ -123,10 +128,16 @@ class BcQLMVQACollator:
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": label_ids,
-            "pixel_values": torch.as_tensor(np.array(prompts["pixel_values"])),
             "question_input_ids": torch.tensor(prompts["question_input_ids"]),
             "question_attention_mask": torch.tensor(prompts["question_attention_mask"]),
+            **self._images(torch.as_tensor(np.array(prompts["pixel_values"]))),
         }
+
+    def _images(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        if not self.deduplicate_images:
+            return {"pixel_values": pixel_values}
+        pixel_values, image_indices = torch.unique(pixel_values, dim=0, return_inverse=True)
+        return {"pixel_values": pixel_values, "image_indices": image_indices}
 
 
 DECODER_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
