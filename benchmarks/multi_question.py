@@ -68,19 +68,19 @@ def make_methods(model, processor, image, questions, max_new_tokens) -> list[tup
         answers = []
         for question in questions:
             inputs = processor(images=image, text=question, return_tensors="pt")
-            answers += processor.batch_decode(model.generate(**inputs, **generate_kwargs), skip_special_tokens=True)
+            answers += processor.post_process_image_text_to_text(model.generate(**inputs, **generate_kwargs))
         return answers
 
     def batched():
         inputs = processor(images=[image] * num_questions, text=questions, return_tensors="pt")
-        return processor.batch_decode(model.generate(**inputs, **generate_kwargs), skip_special_tokens=True)
+        return processor.post_process_image_text_to_text(model.generate(**inputs, **generate_kwargs))
 
     def batched_shared_features():
         inputs = processor(images=[image] * num_questions, text=questions, return_tensors="pt")
         image_features = model.get_image_features(inputs.pop("pixel_values")[:1]).pooler_output
         image_features = image_features.expand(num_questions, -1, -1)
         generated = model.generate(**inputs, image_features=image_features, **generate_kwargs)
-        return processor.batch_decode(generated, skip_special_tokens=True)
+        return processor.post_process_image_text_to_text(generated)
 
     def ask(question, **kwargs):
         return vqa(image=image, question=question, **generate_kwargs, **kwargs)

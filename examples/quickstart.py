@@ -25,7 +25,7 @@ def answer(model_path: str, image: str, question: str, max_new_tokens: int = 20)
     inputs = processor(images=image, text=question, return_tensors="pt")
     with torch.inference_mode():
         generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    return processor.batch_decode(generated, skip_special_tokens=True)[0]
+    return processor.post_process_image_text_to_text(generated)[0]
 
 
 def main():

@@ -541,7 +541,7 @@ class BcQLMForConditionalGeneration(BcQLMPreTrainedModel, GenerationMixin):
         >>> from modeling_bcqlm import BcQLMForConditionalGeneration, BcQLMProcessor
         >>> inputs = processor(images=image, text="What colour is the car?", return_tensors="pt")
         >>> answer_ids = model.generate(**inputs, max_new_tokens=10)
-        >>> processor.batch_decode(answer_ids, skip_special_tokens=True)
+        >>> processor.post_process_image_text_to_text(answer_ids)
         ```"""
         outputs = self.model(
             input_ids=input_ids,

@@ -258,20 +258,16 @@ class BcQLMProcessor(ProcessorMixin):
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         return self.image_token * self.image_seq_length
 
-    def batch_decode(self, *args, **kwargs) -> list[str]:
-        """Decode sequences `(batch_size, sequence_length)` with the decoder's tokenizer; return the answers only."""
-        return [self._extract_answer(text) for text in self.tokenizer.batch_decode(*args, **kwargs)]
-
-    def decode(self, *args, **kwargs) -> str | list[str]:
-        """Decode one sequence (or a batch) with the decoder's tokenizer and return the answer only."""
-        decoded = self.tokenizer.decode(*args, **kwargs)
+    def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens=True, **kwargs) -> list[str]:
+        """
+        Decode the output of `generate`, `(batch_size, sequence_length)` (or one sequence), into the answers: the text
+        after the last turn's answer cue, the whole text where there is none (new tokens alone). `decode` and
+        `batch_decode` return the full text, as the decoder's tokenizer does.
+        """
+        decoded = self.tokenizer.decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
         if isinstance(decoded, str):
             return self._extract_answer(decoded)
         return [self._extract_answer(text) for text in decoded]
-
-    def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens=True, **kwargs) -> list[str]:
-        """Decode the output of `generate`, `(batch_size, sequence_length)`, into the answers."""
-        return self.decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
 
     @property
     def model_input_names(self) -> list[str]:

@@ -83,7 +83,7 @@ def test_loads_through_the_auto_classes_and_answers_like_the_pipeline(example):
     for question in questions:
         inputs = processor(images=str(EXAMPLE_IMAGE), text=question, return_tensors="pt")
         generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-        [answer] = processor.batch_decode(generated, skip_special_tokens=True)
+        [answer] = processor.post_process_image_text_to_text(generated)
         assert vqa(image=str(EXAMPLE_IMAGE), question=question, max_new_tokens=4)[0]["answer"] == answer
         messages = [{"role": "user", "content": [{"type": "image", "path": str(EXAMPLE_IMAGE)}, {"type": "text", "text": question}]}]
         [reply] = chat(text=messages, max_new_tokens=4, do_sample=False)
@@ -131,7 +131,7 @@ def test_loading_and_answering_prints_nothing_but_the_answer(tmp_path, example):
         "image, question = sys.argv[1:]\n"
         "model, processor = AutoModel.from_pretrained(DEFAULT_MODEL), AutoProcessor.from_pretrained(DEFAULT_MODEL)\n"
         "inputs = processor(images=image, text=question, return_tensors='pt')\n"
-        "print(processor.batch_decode(model.generate(**inputs, max_new_tokens=8), skip_special_tokens=True)[0])\n"
+        "print(processor.post_process_image_text_to_text(model.generate(**inputs, max_new_tokens=8))[0])\n"
         "print(pipeline('visual-question-answering', model=DEFAULT_MODEL)(image=image, question=question)[0]['answer'])\n"
         "messages = [{'role': 'user', 'content': [{'type': 'image', 'url': image}, {'type': 'text', 'text': question}]}]\n"
         "chat = pipeline('image-text-to-text', model=DEFAULT_MODEL)\n"

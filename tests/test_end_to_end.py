@@ -28,7 +28,7 @@ REMOTE_ANSWER = textwrap.dedent(
     image = Image.open(image_path)
     inputs = processor(images=[image] * len(questions), text=questions, return_tensors="pt")
     generated = model.generate(**inputs, max_new_tokens=6, do_sample=False)
-    print(json.dumps(processor.batch_decode(generated, skip_special_tokens=True)))
+    print(json.dumps(processor.post_process_image_text_to_text(generated)))
     """
 )
 
@@ -36,7 +36,7 @@ REMOTE_ANSWER = textwrap.dedent(
 def generate_answers(model, processor, images, questions, **kwargs):
     inputs = processor(images=images, text=questions, return_tensors="pt")
     generated = model.generate(**inputs, max_new_tokens=6, do_sample=False, **kwargs)
-    return generated, inputs["input_ids"].shape[1], processor.batch_decode(generated, skip_special_tokens=True)
+    return generated, inputs["input_ids"].shape[1], processor.post_process_image_text_to_text(generated)
 
 
 def test_batched_generation_equals_one_by_one_and_decodes_the_answer_only():

@@ -60,7 +60,7 @@ def expected_answers(model, processor, image, question, num_beams=1):
     inputs = processor(images=image, text=question, return_tensors="pt")
     beam_kwargs = {"num_beams": num_beams, "num_return_sequences": num_beams} if num_beams > 1 else {}
     sequences = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, **beam_kwargs)
-    answers = processor.batch_decode(sequences, skip_special_tokens=True)
+    answers = processor.post_process_image_text_to_text(sequences)
     return [(answer, sequence_probability(model, inputs, sequence)) for answer, sequence in zip(answers, sequences)]
 
 

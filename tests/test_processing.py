@@ -400,7 +400,7 @@ def test_invalid_constructor_arguments():
 # ---------------------------------------------------------------- processor: decoding
 
 
-def test_batch_decode_returns_answers(processor):
+def test_decoding_gives_the_full_text_and_post_processing_the_answers(processor):
     prompts = processor(images=[make_image()] * 2, text=["What colour is the car?", "Is it raining?"])["input_ids"]
     answers = ["The car is red.", "Yes, it is raining."]
     sequences = [
@@ -409,17 +409,20 @@ def test_batch_decode_returns_answers(processor):
     ]
     sequences[0] = sequences[0] + [processor.tokenizer.pad_token_id] * 2
     sequences[1] = [processor.tokenizer.pad_token_id] * (len(sequences[0]) - len(sequences[1])) + sequences[1]
-    assert processor.batch_decode(sequences, skip_special_tokens=True) == answers
+    full_texts = processor.batch_decode(sequences, skip_special_tokens=True)
+    assert full_texts == processor.tokenizer.batch_decode(sequences, skip_special_tokens=True)
+    assert [text.endswith("Answer: " + answer) for text, answer in zip(full_texts, answers)] == [True, True]
+    assert processor.decode(sequences[0], skip_special_tokens=True) == full_texts[0]
     assert processor.post_process_image_text_to_text(torch.tensor(sequences)) == answers
-    assert processor.decode(sequences[0], skip_special_tokens=True) == answers[0]
+    assert processor.post_process_image_text_to_text(sequences[0]) == answers[0]
     # The new tokens alone: the whole text.
     new_tokens = processor.tokenizer.encode(" A brown horse.", add_special_tokens=False)
-    assert processor.decode(new_tokens, skip_special_tokens=True) == "A brown horse."
+    assert processor.post_process_image_text_to_text(new_tokens) == "A brown horse."
     # Multi-turn: the answer of the last turn.
     multi_turn = processor.tokenizer.encode(
         "Question: Is it night?\nAnswer: No.\nQuestion: Is it sunny?\nAnswer: Yes."
     )
-    assert processor.decode(multi_turn, skip_special_tokens=True) == "Yes."
+    assert processor.post_process_image_text_to_text(multi_turn) == "Yes."
 
 
 # ---------------------------------------------------------------- processor: chat template

@@ -216,6 +216,6 @@ def test_export_loads_without_the_package_and_answers_alike(tmp_path, model_and_
         assert [[r["answer"] for r in answers] for answers in remote[task]] == [[e["answer"]] for [e] in expected]
         scores = [r["score"] for [r] in remote[task]]
         assert scores == pytest.approx([e["score"] for [e] in expected], rel=1e-5)
-    answer = processor.batch_decode(generated, skip_special_tokens=True)[0]
+    answer = processor.post_process_image_text_to_text(generated)[0]
     assert expected[0][0]["answer"] == answer
     assert remote["chat"] == [{"input_text": QUESTION, "generated_text": answer}]
