@@ -4,16 +4,9 @@ import os
 
 import numpy as np
 from PIL import Image, ImageOps
-from transformers.image_processing_backends import PilBackend
-from transformers.image_utils import (
-    OPENAI_CLIP_MEAN,
-    OPENAI_CLIP_STD,
-    ImageInput,
-    PILImageResampling,
-    is_pil_image,
-    is_valid_image,
-    load_image,
-)
+from transformers import CLIPImageProcessorPil
+from transformers.image_utils import ImageInput, is_pil_image, is_valid_image, load_image
+
 
 # PIL modes whose pixels do not fit in 8 bits; they are rescaled to 8 bits before RGB conversion.
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -79,29 +72,17 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-class BcQLMImageProcessor(PilBackend):
+class BcQLMImageProcessor(CLIPImageProcessorPil):
     r"""
-    Image processor of BcQLM's image tower (MobileViT): resize the shortest edge to 224 (bicubic), center crop
-    224x224, rescale by 1/255 and normalise with CLIP's mean and std, giving `pixel_values` of shape
-    `(batch_size, 3, 224, 224)`.
+    Image processor of BcQLM's image tower (MobileViT), with `CLIPImageProcessorPil`'s settings: resize the shortest
+    edge to 224 (bicubic), center crop 224x224, rescale by 1/255 and normalise with CLIP's mean and std, giving
+    `pixel_values` of shape `(batch_size, 3, 224, 224)`.
 
     Accepts PIL images, numpy arrays, torch tensors and paths to local image files (`str` or `os.PathLike`; `http(s)://`
     and `data:image/` strings are fetched like `load_image` does). Every PIL mode is converted to RGB: transparency is
     composited onto white, and 16-bit, 32-bit integer and float images are first rescaled to 8 bits by their value
     range (a 16-bit white becomes 255 rather than being clipped).
     """
-
-    resample = PILImageResampling.BICUBIC
-    image_mean = OPENAI_CLIP_MEAN
-    image_std = OPENAI_CLIP_STD
-    size = {"shortest_edge": 224}
-    default_to_square = False
-    crop_size = {"height": 224, "width": 224}
-    do_resize = True
-    do_center_crop = True
-    do_rescale = True
-    do_normalize = True
-    do_convert_rgb = True
 
     def fetch_images(self, image_url_or_urls: ImageInput | str | os.PathLike | list) -> ImageInput:
         """Open paths (and URLs) as PIL images and check the shapes of arrays, keeping the nesting of lists."""
