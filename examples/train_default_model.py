@@ -20,10 +20,10 @@
 """
 
 import argparse
+import importlib.util
 import json
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -86,6 +86,20 @@ STUDENT_CONFIG = {
     },
     "projection_dim": PROJECTION_DIM,
 }
+TEACHER_TEXT_CONFIG = {
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 64,
+}
+TEACHER_VISION_CONFIG = {
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "patch_size": 16,
+}
 DECODER_CONFIG = {
     "hidden_size": 128,
     "intermediate_size": 384,
@@ -101,9 +115,13 @@ def log(message: str, start: float) -> None:
     print(f"[{time.perf_counter() - start:7.1f} s] {message}", flush=True)
 
 
-def run_script(script: str, *args: str) -> None:
-    """Run one of the package's scripts in its own process, as a user would."""
-    subprocess.run([sys.executable, str(REPO / script), *map(str, args)], check=True)
+def run_main(script: str, *args) -> None:
+    """Run `main(argv)` of one of the repository's scripts in this process, with the arguments a user would type."""
+    spec = importlib.util.spec_from_file_location(Path(script).stem, REPO / script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    module.main([str(arg) for arg in args])
 
 
 def write_caption_file(captions: datasets.Dataset, folder: Path) -> Path:
@@ -223,7 +241,139 @@ def training_arguments(output_dir: Path, epochs: float, batch_size: int, learnin
     )
 
 
-def main(argv: list[str] | None = None) -> dict:
+def make_data(args, work: Path) -> tuple[datasets.DatasetDict, datasets.Dataset, Path]:
+    """The VQA splits (saved under `work/vqa`), the captioned images and their caption file."""
+    splits = make_synthetic_splits(
+        args.train_images, args.test_images, args.seed, args.questions_per_image, image_size=IMAGE_SIZE
+    )
+    splits["train"] = order_by_image(splits["train"], args.seed)
+    splits["test_held_out"] = splits["test"].filter(lambda row: row["held_out"])
+    splits["test_seen"] = splits["test"].filter(lambda row: not row["held_out"])
+    splits.save_to_disk(str(work / "vqa"))
+    captions = make_synthetic_captions(args.caption_images, args.seed, image_size=IMAGE_SIZE, split="train")
+    return splits, captions, write_caption_file(captions, work / "captions")
+
+
+def train_teacher(args, work: Path, captions: datasets.Dataset, tokenizer: CLIPTokenizer) -> None:
+    """A small CLIP teacher trained contrastively on the captions, saved under `work/teacher`."""
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessorPil(
+            size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+        ),
+        tokenizer=tokenizer,
+    )
+    torch.manual_seed(args.seed)
+    special_tokens = {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id") for name in ("bos", "eos", "pad")}
+    teacher = CLIPModel(
+        CLIPConfig(
+            text_config={"vocab_size": len(tokenizer), **TEACHER_TEXT_CONFIG, **special_tokens},
+            vision_config={"image_size": IMAGE_SIZE, **TEACHER_VISION_CONFIG},
+            projection_dim=PROJECTION_DIM,
+        )
+    )
+    Trainer(
+        model=teacher,
+        args=training_arguments(work / "teacher_run", args.teacher_epochs, 64, 1e-3, weight_decay=0.1),
+        train_dataset=captions,
+        data_collator=CLIPCollator(processor),
+    ).train()
+    teacher.save_pretrained(work / "teacher")
+    processor.save_pretrained(work / "teacher")
+
+
+def distill_breezeclip(args, work: Path, caption_file: Path, question_tokenizer: BertTokenizer) -> None:
+    """Stage 1: `examples/distill_breezeclip.py` distils BreezeCLIP from the teacher into `work/breezeclip`."""
+    text_config = {**STUDENT_CONFIG["text_config"], "vocab_size": len(question_tokenizer)}
+    BreezeCLIPConfig(**{**STUDENT_CONFIG, "text_config": text_config}).to_json_file(work / "student.json")
+    question_tokenizer.save_pretrained(work / "question_tokenizer")
+    run_main(
+        "examples/distill_breezeclip.py",
+        "--teacher_name_or_path", work / "teacher",
+        "--student_config", work / "student.json",
+        "--student_tokenizer", work / "question_tokenizer",
+        "--train_file", caption_file,
+        "--output_dir", work / "breezeclip",
+        "--precompute_teacher_embeddings",
+        "--affinity_distillation_weight", "1.0",
+        "--num_train_epochs", args.distillation_epochs,
+        "--per_device_train_batch_size", "64",
+        "--learning_rate", "2e-3",
+        "--warmup_steps", "20",
+        "--lr_scheduler_type", "cosine",
+        "--save_strategy", "no", "--logging_steps", "50", "--report_to", "none", "--use_cpu", "--seed", args.seed,
+    )  # fmt: skip
+
+
+def train_decoder(args, work: Path, texts: list[str], tokenizer: PreTrainedTokenizerFast) -> None:
+    """The decoder learns the prompts' and answers' language as a causal LM, saved under `work/decoder`."""
+    torch.manual_seed(args.seed)
+    special_tokens = {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id") for name in ("bos", "eos", "pad")}
+    decoder = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), **special_tokens, **DECODER_CONFIG))
+    texts = datasets.Dataset.from_dict({"text": [text + EOS for text in texts]})
+    tokenized = texts.map(lambda batch: tokenizer(batch["text"]), batched=True, remove_columns=["text"])
+    Trainer(
+        model=decoder,
+        args=training_arguments(work / "decoder_run", args.decoder_epochs, 64, 2e-3),
+        train_dataset=tokenized,
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+    ).train()
+    decoder.save_pretrained(work / "decoder")
+    tokenizer.save_pretrained(work / "decoder")
+
+
+def train_bcqlm(args, work: Path) -> None:
+    """Stage 2: BcQLM composed from BreezeCLIP and the decoder, trained on the questions into `work/vqa_run`."""
+    run_main(
+        "conversion/compose_bcqlm.py",
+        "--language_model", work / "decoder",
+        "--breezeclip", work / "breezeclip",
+        "--output_dir", work / "composed",
+        "--qgcam_heads", "4",
+        "--seed", args.seed,
+    )  # fmt: skip
+    run_main(
+        "examples/train_vqa.py",
+        "--model_name_or_path", work / "composed",
+        "--train_data", work / "vqa", "--train_split", "train",
+        "--output_dir", work / "vqa_run",
+        "--recipe", args.recipe,
+        "--train_sampling_strategy", "sequential",  # the order of `order_by_image`
+        "--num_train_epochs", args.vqa_epochs,
+        "--per_device_train_batch_size", "32",
+        "--learning_rate", "1e-3",
+        "--warmup_steps", "100",
+        "--lr_scheduler_type", "cosine",
+        "--save_strategy", "no", "--logging_steps", "50", "--report_to", "none", "--use_cpu", "--seed", args.seed,
+    )  # fmt: skip
+
+
+def ship(work: Path, output_dir: Path) -> None:
+    """The trained model, its processor and generation config, without training records or remote code."""
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    shutil.copytree(work / "vqa_run", output_dir, ignore=shutil.ignore_patterns("checkpoint-*", "runs", "*.json.tmp"))
+    strip_remote_code(output_dir)
+    for name in ("all_results.json", "trainer_state.json", "training_args.bin"):
+        (output_dir / name).unlink(missing_ok=True)
+
+
+def evaluate(work: Path, output_dir: Path) -> dict:
+    """Scores on the test split, and on its held-out shape-colour combinations and the rest apart."""
+    results = {}
+    for split in ("test", "test_held_out", "test_seen"):
+        run_main(
+            "examples/evaluate_vqa.py",
+            "--model_name_or_path", output_dir,
+            "--data", work / "vqa", "--split", split,
+            "--output_dir", work / f"eval_{split}",
+            "--batch_size", "64",
+            "--max_new_tokens", "4",
+        )  # fmt: skip
+        results[split] = json.loads((work / f"eval_{split}" / "results.json").read_text())
+    return results
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", required=True, help="Where the trained model and its processor are written.")
     parser.add_argument("--work_dir", help="Folder of the intermediate data and models (default: a temporary one).")
@@ -244,166 +394,34 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.train_images, args.caption_images, args.test_images, args.questions_per_image = 16, 16, 6, 3
         args.teacher_epochs = args.distillation_epochs = args.decoder_epochs = args.vqa_epochs = 1
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     start = time.perf_counter()
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bcqlm-default-"))
     output_dir = Path(args.output_dir)
 
-    # 1. Data.
-    splits = make_synthetic_splits(
-        args.train_images, args.test_images, args.seed, args.questions_per_image, image_size=IMAGE_SIZE
-    )
-    splits["train"] = order_by_image(splits["train"], args.seed)
-    splits["test_held_out"] = splits["test"].filter(lambda row: row["held_out"])
-    splits["test_seen"] = splits["test"].filter(lambda row: not row["held_out"])
-    splits.save_to_disk(str(work / "vqa"))
-    captions = make_synthetic_captions(args.caption_images, args.seed, image_size=IMAGE_SIZE, split="train")
-    caption_file = write_caption_file(captions, work / "captions")
-    log(f"data: {len(captions)} captioned images, {len(splits['train'])} training questions, {len(splits['test'])} test questions", start)
-
-    # 2. Tokenizers.
-    qa_texts = [PROMPT.format(question=q, answer=a) for q, a in zip(splits["train"]["question"], splits["train"]["answer"])]
+    splits, captions, caption_file = make_data(args, work)
+    train = splits["train"]
+    log(f"data: {len(captions)} captioned images, {len(train)} training, {len(splits['test'])} test questions", start)
+    qa_texts = [PROMPT.format(question=q, answer=a) for q, a in zip(train["question"], train["answer"])]
     caption_texts = list(captions["caption"])
     decoder_tokenizer = train_decoder_tokenizer(qa_texts + caption_texts)
-    question_tokenizer = train_question_tokenizer(list(splits["train"]["question"]), work / "question_tokenizer")
-    teacher_tokenizer = train_teacher_tokenizer(caption_texts)
-
-    # 3. The CLIP teacher.
-    teacher_processor = CLIPProcessor(
-        image_processor=CLIPImageProcessorPil(
-            size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
-        ),
-        tokenizer=teacher_tokenizer,
-    )
-    torch.manual_seed(args.seed)
-    teacher = CLIPModel(
-        CLIPConfig(
-            text_config={
-                "vocab_size": len(teacher_tokenizer),
-                "hidden_size": 128,
-                "intermediate_size": 256,
-                "num_hidden_layers": 3,
-                "num_attention_heads": 4,
-                "max_position_embeddings": 64,
-                "bos_token_id": teacher_tokenizer.bos_token_id,
-                "eos_token_id": teacher_tokenizer.eos_token_id,
-                "pad_token_id": teacher_tokenizer.pad_token_id,
-            },
-            vision_config={
-                "hidden_size": 128,
-                "intermediate_size": 256,
-                "num_hidden_layers": 4,
-                "num_attention_heads": 4,
-                "image_size": IMAGE_SIZE,
-                "patch_size": 16,
-            },
-            projection_dim=PROJECTION_DIM,
-        )
-    )
-    Trainer(
-        model=teacher,
-        args=training_arguments(work / "teacher_run", args.teacher_epochs, 64, 1e-3, weight_decay=0.1),
-        train_dataset=captions,
-        data_collator=CLIPCollator(teacher_processor),
-    ).train()
-    teacher.save_pretrained(work / "teacher")
-    teacher_processor.save_pretrained(work / "teacher")
+    question_tokenizer = train_question_tokenizer(list(train["question"]), work / "question_tokenizer")
+    train_teacher(args, work, captions, train_teacher_tokenizer(caption_texts))
     log("teacher trained", start)
-
-    # 4. Stage 1: BreezeCLIP distilled from the teacher.
-    student_config = BreezeCLIPConfig(**{**STUDENT_CONFIG, "text_config": {**STUDENT_CONFIG["text_config"], "vocab_size": len(question_tokenizer)}})
-    student_config.to_json_file(work / "student.json")
-    question_tokenizer.save_pretrained(work / "question_tokenizer")
-    run_script(
-        "examples/distill_breezeclip.py",
-        "--teacher_name_or_path", work / "teacher",
-        "--student_config", work / "student.json",
-        "--student_tokenizer", work / "question_tokenizer",
-        "--train_file", caption_file,
-        "--output_dir", work / "breezeclip",
-        "--precompute_teacher_embeddings",
-        "--affinity_distillation_weight", "1.0",
-        "--num_train_epochs", args.distillation_epochs,
-        "--per_device_train_batch_size", "64",
-        "--learning_rate", "2e-3",
-        "--warmup_steps", "20",
-        "--lr_scheduler_type", "cosine",
-        "--save_strategy", "no", "--logging_steps", "50", "--report_to", "none", "--use_cpu", "--seed", args.seed,
-    )  # fmt: skip
+    distill_breezeclip(args, work, caption_file, question_tokenizer)
     log("BreezeCLIP distilled", start)
-
-    # 5. The decoder learns the prompts' and answers' language as a causal LM.
-    torch.manual_seed(args.seed)
-    decoder = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(decoder_tokenizer),
-            bos_token_id=decoder_tokenizer.bos_token_id,
-            eos_token_id=decoder_tokenizer.eos_token_id,
-            pad_token_id=decoder_tokenizer.pad_token_id,
-            **DECODER_CONFIG,
-        )
-    )
-    texts = datasets.Dataset.from_dict({"text": [text + EOS for text in qa_texts]})
-    tokenized = texts.map(lambda batch: decoder_tokenizer(batch["text"]), batched=True, remove_columns=["text"])
-    Trainer(
-        model=decoder,
-        args=training_arguments(work / "decoder_run", args.decoder_epochs, 64, 2e-3),
-        train_dataset=tokenized,
-        data_collator=DataCollatorForLanguageModeling(decoder_tokenizer, mlm=False),
-    ).train()
-    decoder.save_pretrained(work / "decoder")
-    decoder_tokenizer.save_pretrained(work / "decoder")
+    train_decoder(args, work, qa_texts, decoder_tokenizer)
     log("decoder trained", start)
-
-    # 6. Compose BcQLM and train it on VQA (stage 2).
-    run_script(
-        "conversion/compose_bcqlm.py",
-        "--language_model", work / "decoder",
-        "--breezeclip", work / "breezeclip",
-        "--output_dir", work / "composed",
-        "--qgcam_heads", "4",
-        "--seed", args.seed,
-    )  # fmt: skip
-    run_script(
-        "examples/train_vqa.py",
-        "--model_name_or_path", work / "composed",
-        "--train_data", work / "vqa", "--train_split", "train",
-        "--output_dir", work / "vqa_run",
-        "--recipe", args.recipe,
-        "--train_sampling_strategy", "sequential",  # the order of `order_by_image`
-        "--num_train_epochs", args.vqa_epochs,
-        "--per_device_train_batch_size", "32",
-        "--learning_rate", "1e-3",
-        "--warmup_steps", "100",
-        "--lr_scheduler_type", "cosine",
-        "--save_strategy", "no", "--logging_steps", "50", "--report_to", "none", "--use_cpu", "--seed", args.seed,
-    )  # fmt: skip
+    train_bcqlm(args, work)
     log("VQA trained", start)
-
-    # 7. The shipped folder; then its scores on the test split, and on its held-out combinations apart.
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    shutil.copytree(work / "vqa_run", output_dir, ignore=shutil.ignore_patterns("checkpoint-*", "runs", "*.json.tmp"))
-    strip_remote_code(output_dir)
-    for name in ("all_results.json", "trainer_state.json", "training_args.bin"):
-        (output_dir / name).unlink(missing_ok=True)
-
-    results = {}
-    for split in ("test", "test_held_out", "test_seen"):
-        run_script(
-            "examples/evaluate_vqa.py",
-            "--model_name_or_path", output_dir,
-            "--data", work / "vqa", "--split", split,
-            "--output_dir", work / f"eval_{split}",
-            "--batch_size", "64",
-            "--max_new_tokens", "4",
-        )  # fmt: skip
-        results[split] = json.loads((work / f"eval_{split}" / "results.json").read_text())
+    ship(work, output_dir)
+    results = evaluate(work, output_dir)
     log(f"evaluated: accuracy {results['test']['accuracy']:.4f}", start)
-    summary = {
-        "minutes": round((time.perf_counter() - start) / 60, 1),
-        "arguments": vars(args),
-        "results": results,
-    }
+    summary = {"minutes": round((time.perf_counter() - start) / 60, 1), "arguments": vars(args), "results": results}
     (output_dir / "training_results.json").write_text(json.dumps(summary, indent=2))
     log(f"saved to {output_dir}", start)
     return summary
