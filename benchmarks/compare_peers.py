@@ -209,7 +209,7 @@ def bcqlm_config(tiny: bool = False):
 
     if not tiny:
         return BcQLMConfig()
-    from examples.tiny_bcqlm import tiny_breezeclip_config
+    from modeling_bcqlm.testing.tiny_models import tiny_breezeclip_config
 
     breezeclip_config = tiny_breezeclip_config().to_dict()  # the tests' tiny towers: a 2x2 map, 4 image tokens
     return BcQLMConfig(

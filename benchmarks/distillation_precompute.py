@@ -70,7 +70,7 @@ def make_teacher(tiny: bool) -> tuple[CLIPModel, CLIPProcessor]:
 
 def make_student(tiny: bool, teacher_dim: int):
     if tiny:
-        from examples.tiny_bcqlm import tiny_breezeclip_config
+        from modeling_bcqlm.testing.tiny_models import tiny_breezeclip_config
 
         config = tiny_breezeclip_config(text_vocab_size=64)
     else:

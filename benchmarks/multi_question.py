@@ -19,24 +19,22 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 
 import torch
 from PIL import Image
 
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "examples"))
-from tiny_bcqlm import CORPUS, make_processor, make_tiny_bcqlm  # noqa: E402
-
-from modeling_bcqlm import (  # noqa: E402
+from modeling_bcqlm import (
     BcQLMConfig,
     BcQLMForConditionalGeneration,
     BcQLMProcessor,
     BcQLMVisualQuestionAnsweringPipeline,
 )
+from modeling_bcqlm.testing.tiny_models import CORPUS, make_processor, make_tiny_bcqlm
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 EXAMPLE_IMAGE = os.path.join(ROOT, "examples", "images", "shapes.png")
@@ -51,7 +49,7 @@ def load_model(args) -> tuple[BcQLMForConditionalGeneration, BcQLMProcessor, str
     torch.manual_seed(0)
     if not args.full_size:
         model, processor = make_tiny_bcqlm()
-        return model, processor, "tiny random BcQLM (examples/tiny_bcqlm.py)"
+        return model, processor, "tiny random BcQLM (modeling_bcqlm/testing/tiny_models.py)"
     processor = make_processor(image_size=224, image_seq_length=49)
     model = BcQLMForConditionalGeneration(BcQLMConfig(image_token_id=processor.image_token_id)).eval()
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id

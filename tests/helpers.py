@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from examples.tiny_bcqlm import (
+from modeling_bcqlm.testing.tiny_models import (
     BOS,
     CORPUS,
     EOS,

@@ -9,9 +9,9 @@ import torch
 from transformers import AutoModel, AutoProcessor
 
 from modeling_bcqlm import BcQLMForConditionalGeneration, BreezeCLIPModel
+from modeling_bcqlm.testing.tiny_models import make_breezeclip_processing, tiny_breezeclip_config
 
 from .helpers import make_image, save_language_model
-from .tiny import make_breezeclip_processing, tiny_breezeclip_config
 
 
 REPO = Path(__file__).resolve().parents[1]

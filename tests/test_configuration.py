@@ -3,8 +3,7 @@ import torch
 from transformers import AutoConfig, LlamaConfig, MobileBertConfig, MobileViTConfig
 
 from modeling_bcqlm import BcQLMConfig, BcQLMForConditionalGeneration, BcQLMQGCAMConfig, BreezeCLIPConfig
-
-from .tiny import tiny_bcqlm_config, tiny_breezeclip_config
+from modeling_bcqlm.testing.tiny_models import tiny_bcqlm_config, tiny_breezeclip_config
 
 
 def test_default_config_is_the_papers_model():

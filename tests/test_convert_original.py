@@ -201,8 +201,7 @@ def test_qgcam_matches_the_released_module_at_token_level(released):
     from convert_original_bcqlm import SourceTensors, convert_qgcam
 
     from modeling_bcqlm.modeling_bcqlm import BcQLMQGCAM
-
-    from .tiny import tiny_bcqlm_config
+    from modeling_bcqlm.testing.tiny_models import tiny_bcqlm_config
 
     config = tiny_bcqlm_config(qgcam_config={"num_attention_heads": 8})
     config.text_config.hidden_size, config.breezeclip_config.projection_dim = DECODER_WIDTH, PROJECTION_DIM
@@ -224,8 +223,7 @@ def test_identity_text_projections_convert(released):
     from convert_original_bcqlm import SourceTensors, convert_qgcam
 
     from modeling_bcqlm.modeling_bcqlm import BcQLMQGCAM
-
-    from .tiny import tiny_bcqlm_config
+    from modeling_bcqlm.testing.tiny_models import tiny_bcqlm_config
 
     torch.manual_seed(0)
     dgca = ReleasedDynamicGatedCrossAttention(width=DECODER_WIDTH, text_width=DECODER_WIDTH).eval()

@@ -6,9 +6,9 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from modeling_bcqlm import BcQLMForConditionalGeneration, BreezeCLIPModel
 from modeling_bcqlm.modeling_bcqlm import BcQLMQGCAM
+from modeling_bcqlm.testing.tiny_models import TINY_IMAGE_SIZE, tiny_bcqlm_config, tiny_breezeclip_config
 
 from .helpers import redraw_weights
-from .tiny import TINY_IMAGE_SIZE, tiny_bcqlm_config, tiny_breezeclip_config
 
 
 IMAGE_TOKEN_ID = 119

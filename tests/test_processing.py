@@ -15,6 +15,7 @@ from modeling_bcqlm.image_processing_bcqlm import BcQLMImageProcessor
 from modeling_bcqlm.processing_bcqlm import BcQLMProcessor
 from tests.helpers import BOS, EOS, make_decoder_tokenizer, make_image, make_processor, make_question_tokenizer
 
+
 SIZE = 16
 SEQ = 4
 

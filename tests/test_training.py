@@ -12,6 +12,11 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from modeling_bcqlm import BreezeCLIPModel
+from modeling_bcqlm.testing.tiny_models import (
+    make_breezeclip_processing,
+    make_tiny_clip_teacher,
+    tiny_breezeclip_config,
+)
 from modeling_bcqlm.training import (
     BcQLMVQACollator,
     BreezeCLIPDistillationArguments,
@@ -27,7 +32,6 @@ from modeling_bcqlm.training import (
 )
 
 from .helpers import make_image, make_model_and_processor
-from .tiny import make_breezeclip_processing, make_tiny_clip_teacher, tiny_breezeclip_config
 
 
 COLOURS = ["red", "blue", "green", "brown"]

@@ -17,9 +17,13 @@ from transformers import AutoModel
 from examples import distill_breezeclip, evaluate_vqa, train_vqa
 from modeling_bcqlm import BcQLMForConditionalGeneration, BcQLMProcessor, BreezeCLIPModel
 from modeling_bcqlm.evaluation.vqa_accuracy import exact_match_score, vqa_score
+from modeling_bcqlm.testing.tiny_models import (
+    make_breezeclip_processing,
+    make_tiny_clip_teacher,
+    tiny_breezeclip_config,
+)
 
 from .helpers import make_image, make_model_and_processor
-from .tiny import make_breezeclip_processing, make_tiny_clip_teacher, tiny_breezeclip_config
 
 
 REPO = Path(__file__).resolve().parents[1]

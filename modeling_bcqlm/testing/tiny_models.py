@@ -1,5 +1,5 @@
 """Build a tiny, randomly initialised BcQLM (model + processor) offline: tokenizers trained in memory on a few
-sentences, hidden sizes <= 64. Used by the quickstart and the tests; the same code paths serve real checkpoints."""
+sentences, hidden sizes <= 64. Used by the tests and benchmarks; the same code paths serve real checkpoints."""
 
 import re
 
@@ -14,13 +14,10 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from modeling_bcqlm import (
-    BcQLMConfig,
-    BcQLMForConditionalGeneration,
-    BcQLMImageProcessor,
-    BcQLMProcessor,
-    BreezeCLIPConfig,
-)
+from ..configuration_bcqlm import BcQLMConfig, BreezeCLIPConfig
+from ..image_processing_bcqlm import BcQLMImageProcessor
+from ..modeling_bcqlm import BcQLMForConditionalGeneration
+from ..processing_bcqlm import BcQLMProcessor
 
 
 BOS, EOS, PAD = "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>"
