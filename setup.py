@@ -37,7 +37,6 @@ setup(
     extras_require={"train": TRAIN, "quant": QUANT, "test": TEST + TRAIN + QUANT},
     classifiers=[
         "Programming Language :: Python :: 3",
-        "License :: OSI Approved :: Apache Software License",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],
 )

@@ -42,9 +42,7 @@ def test_quick_run_trains_every_stage_and_saves_a_loadable_model(tmp_path):
 
 
 def test_order_by_image_shuffles_images_and_keeps_their_questions_together():
-    sys.path.insert(0, str(REPO / "examples"))
-    from train_default_model import order_by_image
-
+    from examples.train_default_model import order_by_image
     from modeling_bcqlm.data.synthetic_shapes import make_synthetic_vqa
 
     questions = make_synthetic_vqa(12, seed=0, image_size=96, split="train")
