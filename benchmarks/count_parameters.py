@@ -1,8 +1,8 @@
 """Per-part parameter counts of a BcQLM, built on the meta device (no memory is allocated): by default the paper's
 model (`BcQLMConfig()`), with `--model` a saved one (e.g. `modeling_bcqlm.DEFAULT_MODEL`, the small shipped model).
 
-    python benchmarks/count_parameters.py
-    python benchmarks/count_parameters.py --model modeling_bcqlm/default_model
+    python -m benchmarks.count_parameters
+    python -m benchmarks.count_parameters --model modeling_bcqlm/default_model
 """
 
 import argparse
@@ -23,14 +23,17 @@ PARTS = {
 
 
 def count_parameters(config: BcQLMConfig | None = None) -> dict[str, int]:
+    """Parameters per part of `PARTS` and in total of a BcQLM with `config` (default: the paper's), on the meta device."""
     with torch.device("meta"):
         model = BcQLMForConditionalGeneration(config or BcQLMConfig())
     counts = {}
     for part, prefixes in PARTS.items():
+        # A part can span several submodules (some plain `nn.Module`s) and the decoder shares its embedding with the
+        # tied LM head: their union, each parameter once, which `num_parameters` of one module cannot give.
         prefixes = (prefixes,) if isinstance(prefixes, str) else prefixes
         params = {id(p): p for prefix in prefixes for p in model.get_submodule(prefix).parameters()}
         counts[part] = sum(p.numel() for p in params.values())
-    counts["Total"] = sum(p.numel() for p in model.parameters())
+    counts["Total"] = model.num_parameters()
     return counts
 
 

@@ -1,6 +1,6 @@
 """How much precomputing the teacher's embeddings speeds up BreezeCLIP's distillation.
 
-    python benchmarks/distillation_precompute.py --output benchmarks/results/distillation_precompute.json
+    python -m benchmarks.distillation_precompute --output benchmarks/results/distillation_precompute.json
 
 Builds, with random weights, the paper's student (BreezeCLIP: MobileViT-S + MobileBERT, 512-d) and a CLIP ViT-B/32
 shaped teacher (`CLIPConfig()`), generates image-caption pairs, and times `BreezeCLIPDistillationTrainer` steps with
@@ -19,10 +19,10 @@ import datasets
 import numpy as np
 import torch
 from PIL import Image
-from tokenizers import pre_tokenizers
-from transformers import BertTokenizer, CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
+from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
 
 from modeling_bcqlm import BcQLMImageProcessor, BreezeCLIPConfig
+from modeling_bcqlm.data.tokenizers import train_clip_tokenizer, word_level_question_tokenizer
 from modeling_bcqlm.training import (
     BreezeCLIPDistillationArguments,
     BreezeCLIPDistillationCollator,
@@ -42,17 +42,8 @@ def make_data(num_pairs: int, seed: int = 0) -> datasets.Dataset:
     return datasets.Dataset.from_dict({"image": images, "caption": captions})
 
 
-def make_student_tokenizer(vocab_size: int) -> BertTokenizer:
-    """A WordPiece tokenizer over the caption words, padded with filler tokens to the text tower's vocabulary size."""
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    tokens += [f"filler{index}" for index in range(vocab_size - len(tokens))]
-    return BertTokenizer(vocab={token: index for index, token in enumerate(tokens)})
-
-
 def make_teacher(tiny: bool) -> tuple[CLIPModel, CLIPProcessor]:
     """A CLIP ViT-B/32-shaped teacher (`CLIPConfig()`) with a byte-level tokenizer (its ids lie in CLIP's vocabulary)."""
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {token: index for index, token in enumerate(["<|startoftext|>", "<|endoftext|>", *alphabet, *(a + "</w>" for a in alphabet)])}
     size = 32 if tiny else 224
     config = CLIPConfig()
     if tiny:
@@ -63,7 +54,7 @@ def make_teacher(tiny: bool) -> tuple[CLIPModel, CLIPProcessor]:
         )
     processor = CLIPProcessor(
         image_processor=CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size}),
-        tokenizer=CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77),
+        tokenizer=train_clip_tokenizer(model_max_length=77),
     )
     return CLIPModel(config).eval(), processor
 
@@ -77,7 +68,7 @@ def make_student(tiny: bool, teacher_dim: int):
         config = BreezeCLIPConfig()
     size = config.vision_config.image_size
     image_processor = BcQLMImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-    return BreezeCLIPForDistillation(config, teacher_projection_dim=teacher_dim), image_processor, make_student_tokenizer(config.text_config.vocab_size)
+    return BreezeCLIPForDistillation(config, teacher_projection_dim=teacher_dim), image_processor, word_level_question_tokenizer(WORDS, vocab_size=config.text_config.vocab_size)
 
 
 def seconds_per_step(make_trainer, steps: int) -> float:

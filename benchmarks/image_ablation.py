@@ -1,7 +1,7 @@
 """Which answers of the embedded default BcQLM depend on the image: its synthetic test split answered with each
 question's own scene, with another scene's image, and with an empty scene (background only).
 
-    python benchmarks/image_ablation.py --output benchmarks/results/image_ablation.json
+    python -m benchmarks.image_ablation --output benchmarks/results/image_ablation.json
 
 A question type whose accuracy does not fall when the image is replaced is answered from the question alone (the
 answer priors of the training data). Reports, per condition, the accuracy overall and per question type and the share
@@ -12,22 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
+import torch
+from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # `python benchmarks/image_ablation.py` from a checkout that is not installed
-    sys.path.insert(0, str(REPO_ROOT))
-
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from benchmarks.compare_peers import machine_info  # noqa: E402
-from benchmarks.quantized_accuracy import QUESTION_TYPES, default_test_split  # noqa: E402
-from examples.evaluate_vqa import answer_questions, score  # noqa: E402
-from modeling_bcqlm import DEFAULT_MODEL, BcQLMForConditionalGeneration, BcQLMProcessor  # noqa: E402
-from modeling_bcqlm.data.synthetic_shapes import BACKGROUND_COLOUR  # noqa: E402
+from benchmarks.lib.system import machine_info
+from benchmarks.quantized_accuracy import QUESTION_TYPES, default_test_split
+from examples.evaluate_vqa import answer_questions, score
+from modeling_bcqlm import DEFAULT_MODEL, BcQLMForConditionalGeneration, BcQLMProcessor
+from modeling_bcqlm.data.synthetic_shapes import BACKGROUND_COLOUR
 
 
 CONDITIONS = ("own scene", "another scene", "empty scene")

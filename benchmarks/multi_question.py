@@ -1,9 +1,9 @@
 """Wall time of N questions about one image: asked one by one, against running the image tower once and sharing its
 features (`image_features`), through the model API and through the visual-question-answering pipeline.
 
-    python benchmarks/multi_question.py              # a tiny random BcQLM
-    python benchmarks/multi_question.py --full_size  # the paper's shape, `BcQLMConfig()`, with random weights
-    python benchmarks/multi_question.py --model path/to/bcqlm --questions 8 --repeats 5 --output results.json
+    python -m benchmarks.multi_question              # a tiny random BcQLM
+    python -m benchmarks.multi_question --full_size  # the paper's shape, `BcQLMConfig()`, with random weights
+    python -m benchmarks.multi_question --model path/to/bcqlm --questions 8 --repeats 5 --output results.json
 
 Every method answers the same questions greedily with exactly `--max_new_tokens` new tokens each (`min_new_tokens` is
 set to the same), so that all do the same decoding work; few new tokens leave the image tower's share of the time

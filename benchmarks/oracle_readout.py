@@ -1,7 +1,7 @@
 """How fast does a read-out learn the synthetic scene questions when the image tower is perfect?
 
-    python benchmarks/oracle_readout.py --readout bcqlm --steps 3000 --output bcqlm.json
-    python benchmarks/oracle_readout.py --readout transformer --layers 4 --steps 12000 --output transformer.json
+    python -m benchmarks.oracle_readout --readout bcqlm --steps 3000 --output bcqlm.json
+    python -m benchmarks.oracle_readout --readout transformer --layers 4 --steps 12000 --output transformer.json
 
 The image tower is replaced by oracle object tokens built from each scene's description: one token per object with
 one-hot colour, shape and size, its centre (x, y as fractions of the image) and a presence flag; absent objects are

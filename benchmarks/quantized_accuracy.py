@@ -1,7 +1,7 @@
 """Accuracy of the embedded default BcQLM loaded with bitsandbytes 8-bit and 4-bit, against full precision, on its own
 synthetic test split (regenerated from `training_results.json`, as `tests/test_default_model.py` does).
 
-    python benchmarks/quantized_accuracy.py --output benchmarks/results/quantized_accuracy.json
+    python -m benchmarks.quantized_accuracy --output benchmarks/results/quantized_accuracy.json
 
 For each storage (fp32, int8, nf4 with double quantization, fp4) it runs `examples/evaluate_vqa.py` once on the test
 split and reports VQA accuracy overall and per question type, on the whole split and on its held-out scenes (scored from
@@ -13,23 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import datasets
+import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # `python benchmarks/quantized_accuracy.py` from a checkout that is not installed
-    sys.path.insert(0, str(REPO_ROOT))
-
-import datasets  # noqa: E402
-import torch  # noqa: E402
-
-from benchmarks.compare_peers import machine_info  # noqa: E402
-from examples import evaluate_vqa  # noqa: E402
-from modeling_bcqlm import DEFAULT_MODEL  # noqa: E402
-from modeling_bcqlm.data.synthetic_shapes import make_synthetic_vqa  # noqa: E402
+from benchmarks.lib.system import machine_info
+from examples import evaluate_vqa
+from modeling_bcqlm import DEFAULT_MODEL
+from modeling_bcqlm.data.synthetic_shapes import make_synthetic_vqa
 
 
 STORAGES = ("fp32", "int8", "nf4", "fp4")

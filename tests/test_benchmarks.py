@@ -1,25 +1,38 @@
-"""Building blocks of `benchmarks/compare_peers.py` (the peers' shapes, the forced token count, the fast random init and
-one tiny end-to-end run; no timing assertions) and of `benchmarks/oracle_readout.py`."""
+"""Building blocks of `benchmarks/compare_peers.py` and `benchmarks/gpu_peers.py` (`benchmarks/lib`: the peers' shapes,
+the forced token count, the fast random init, the derived results and tables, and one tiny end-to-end run; no timing
+assertions) and of `benchmarks/oracle_readout.py`."""
 
+import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from benchmarks import compare_peers as cp
+from benchmarks import compare_peers, gpu_peers
+from benchmarks.lib import cpu_report, gpu_report
+from benchmarks.lib.build import build_model
+from benchmarks.lib.floors import measure_bandwidth, measure_matmul_rate
+from benchmarks.lib.inputs import generate_exactly, make_inputs
+from benchmarks.lib.measure import STORAGES, benchmark_model
+from benchmarks.lib.peers import MODELS, PEERS, bcqlm_config, llava_config, smolvlm_config
+from benchmarks.lib.report import jsonable, write_markdown
+from benchmarks.lib.sizes import parameter_counts
+from benchmarks.lib.system import run_isolated
+from benchmarks.lib.timing import StepClock
 from modeling_bcqlm import BcQLMConfig
 from modeling_bcqlm.data.synthetic_shapes import make_synthetic_vqa
 
 
 def test_full_size_peers_have_the_requested_shapes():
-    llava = cp.llava_config()
+    llava = llava_config()
     vision = llava.vision_config
     assert (vision.hidden_size, vision.num_hidden_layers, vision.num_attention_heads, vision.intermediate_size) == (
         1024, 24, 16, 4096
     )
     assert (vision.image_size, vision.patch_size) == (336, 14)
     assert llava.vision_feature_layer == -2 and llava.vision_feature_select_strategy == "default"
-    assert cp.image_seq_length("llava", llava) == llava.image_seq_length == 576
+    assert PEERS["llava"].image_tokens(llava) == llava.image_seq_length == 576
     # The LLaVA-style peer decodes with BcQLM's own (Llama-3.2-1B-shaped) decoder.
     ours = BcQLMConfig().text_config
     for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -28,20 +41,20 @@ def test_full_size_peers_have_the_requested_shapes():
     assert llava.text_config.rope_parameters == ours.rope_parameters
     assert llava.image_token_id < ours.vocab_size  # LLaVA embeds its placeholders before replacing them
 
-    smolvlm = cp.smolvlm_config()
+    smolvlm = smolvlm_config()
     vision, text = smolvlm.vision_config, smolvlm.text_config
     assert (vision.hidden_size, vision.num_hidden_layers, vision.num_attention_heads, vision.intermediate_size) == (
         768, 12, 12, 3072
     )
     assert (vision.image_size, vision.patch_size, smolvlm.scale_factor) == (512, 16, 4)
-    assert cp.image_seq_length("smolvlm", smolvlm) == 64
+    assert PEERS["smolvlm"].image_tokens(smolvlm) == 64
     assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads, text.num_key_value_heads) == (576, 30, 9, 3)
     assert (text.intermediate_size, text.vocab_size, smolvlm.tie_word_embeddings) == (1536, 49280, False)
-    assert cp.image_seq_length("bcqlm", cp.bcqlm_config()) == 49
+    assert PEERS["bcqlm"].image_tokens(bcqlm_config()) == 49
 
 
 def test_full_size_parameter_counts_on_the_meta_device():
-    counts = {name: cp.parameter_counts(name, cp.build_model(name, device="meta")) for name in cp.MODELS}
+    counts = {name: parameter_counts(peer, build_model(peer, device="meta")) for name, peer in PEERS.items()}
     assert counts["bcqlm"]["total"] == pytest.approx(1302.65e6, rel=1e-3)
     assert counts["bcqlm"]["decoder"] == counts["llava"]["decoder"]  # one decoder shape, tied LM head counted once
     assert counts["llava"]["part:image tower"] == pytest.approx(303.5e6, rel=2e-3)  # CLIP ViT-L/14-336
@@ -51,13 +64,43 @@ def test_full_size_parameter_counts_on_the_meta_device():
         assert count["vision"] + count["decoder"] == count["total"]
 
 
-@pytest.mark.parametrize("name", cp.MODELS)
+@pytest.mark.parametrize("name", MODELS)
+def test_parts_cover_the_model_and_count_a_tied_weight_once(name):
+    peer = PEERS[name]
+    model = build_model(peer, tiny=True, device="meta")
+    counts = parameter_counts(peer, model)
+    unique = {id(p): p.numel() for p in model.parameters()}
+    assert counts["total"] == sum(unique.values())
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    parts = sum(count for key, count in counts.items() if key.startswith("part:"))
+    # The tied LM head is the decoder's embedding table: counted in both parts, once in the decoder.
+    assert counts["decoder"] == counts["part:decoder"] + (0 if tied else counts["part:lm_head"])
+    outside = {"bcqlm": 1}.get(name, 0)  # BreezeCLIP's contrastive logit scale (training only), in no part
+    assert parts - (counts["part:lm_head"] if tied else 0) == counts["total"] - outside
+
+
+def test_floor_measurements_give_positive_rates():
+    assert 0 < measure_matmul_rate(16, 32, 8, min_run_time=0.01) < float("inf")
+    assert 0 < measure_bandwidth(64, 32, min_run_time=0.01, dtype=torch.bfloat16) < float("inf")
+
+
+def test_committed_cpu_results_derive_and_render_to_the_committed_table():
+    benchmarks = Path(compare_peers.__file__).parent
+    committed = json.loads((benchmarks / "results" / "cpu_fp32.json").read_text())
+    derived = cpu_report.derive(copy.deepcopy(committed))
+    assert jsonable(derived) == committed
+    readme = (benchmarks / "README.md").read_text()
+    section = readme.split(cpu_report.RESULTS_START + "\n", 1)[1].split(cpu_report.RESULTS_END, 1)[0]
+    assert cpu_report.render_markdown(derived) == section
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_tiny_models_take_their_image_tokens(name):
-    model = cp.build_model(name, tiny=True)
-    inputs = cp.make_inputs(name, model.config, question_length=7)
+    model = build_model(PEERS[name], tiny=True)
+    inputs = make_inputs(PEERS[name], model.config, question_length=7)
     text_config = model.config.get_text_config(decoder=True)
     image_tokens = (inputs["input_ids"] == model.config.image_token_id).sum().item()
-    assert image_tokens == cp.image_seq_length(name, model.config) > 1
+    assert image_tokens == PEERS[name].image_tokens(model.config) > 1
     wrappers = 3 if name == "smolvlm" else 0  # <fake_token_around_image><global-img> ... <fake_token_around_image>
     assert inputs["input_ids"].shape == (1, 1 + wrappers + image_tokens + 7 + 5)
     text = inputs["input_ids"][0, 1 + wrappers + image_tokens :]
@@ -66,18 +109,18 @@ def test_tiny_models_take_their_image_tokens(name):
         assert inputs["question_input_ids"].shape == (1, 7 + 2)
         assert inputs["question_input_ids"].max() < model.config.breezeclip_config.text_config.vocab_size
     if name == "llava":  # the same decoder config as the tiny BcQLM
-        assert text_config.to_dict() == cp.bcqlm_config(tiny=True).text_config.to_dict()
+        assert text_config.to_dict() == bcqlm_config(tiny=True).text_config.to_dict()
     with torch.no_grad():
         logits = model(**inputs).logits
     assert logits.shape == (1, inputs["input_ids"].shape[1], text_config.vocab_size)
     assert torch.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("name", cp.MODELS)
+@pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
 def test_forced_token_count_is_honoured(name, cache):
-    model = cp.build_model(name, tiny=True)
-    inputs = cp.make_inputs(name, model.config)
+    model = build_model(PEERS[name], tiny=True)
+    inputs = make_inputs(PEERS[name], model.config)
     prompt_length = inputs["input_ids"].shape[1]
     vocab_size = model.config.get_text_config(decoder=True).vocab_size
     with torch.no_grad():
@@ -90,16 +133,16 @@ def test_forced_token_count_is_honoured(name, cache):
         free = model.generate(**inputs, max_new_tokens=5, do_sample=False, eos_token_id=eos)
     assert free.shape[1] == prompt_length + 1
     # ... with it, exactly N tokens come out.
-    forced = cp.generate_exactly(model, inputs, 5, cache_implementation=cache, eos_token_id=eos)
+    forced = generate_exactly(model, inputs, 5, cache_implementation=cache, eos_token_id=eos)
     assert forced.shape == (1, prompt_length + 5)
     assert (forced[0, prompt_length:] == spare).all()
-    clock = cp.StepClock()
-    cp.generate_exactly(model, inputs, 4, cache_implementation=cache, logits_processor=[clock])
+    clock = StepClock()
+    generate_exactly(model, inputs, 4, cache_implementation=cache, logits_processor=[clock])
     assert len(clock.stamps) == 4 and len(clock.step_times()) == 3
 
 
 def test_fast_random_init_keeps_ties_and_scales():
-    model = cp.build_model("bcqlm", tiny=True)
+    model = build_model(PEERS["bcqlm"], tiny=True)
     assert model.lm_head.weight is model.get_input_embeddings().weight
     decoder = model.model.language_model
     assert torch.equal(decoder.norm.weight, torch.ones_like(decoder.norm.weight))
@@ -113,19 +156,19 @@ def test_fast_random_init_keeps_ties_and_scales():
 
 
 def test_prefill_flops_split_and_derived_results(tmp_path):
-    results = cp.main(
+    results = compare_peers.main(
         ["--tiny", "--in-process", "--repeats", "1", "--new-tokens", "3", "--cache", "dynamic", "--quiet-timeout", "0",
          "--profile", "bcqlm",
          "--output", str(tmp_path / "tiny.json"), "--markdown", "--readme", str(tmp_path / "README.md")]
     )
     saved = json.loads((tmp_path / "tiny.json").read_text())
-    assert set(saved["models"]) == set(cp.MODELS)
+    assert set(saved["models"]) == set(MODELS)
     for name, model in results["models"].items():
         flops = model["prefill_flops"]
         assert flops["decoder"] > 0 and flops["vision"] > 0 and flops["vision"] + flops["decoder"] == flops["total"]
         assert model["finite_logits"] and model["peak_rss_bytes"] > 0
         assert model["timings"]["dynamic"]["ttft_s"] > 0 and model["floors"]["decode_s_per_token"] > 0
-        assert model["image_tokens"] == cp.image_seq_length(name, cp.model_config(name, tiny=True))
+        assert model["image_tokens"] == PEERS[name].image_tokens(PEERS[name].make_config(True))
     # Decoder FLOPs of BcQLM's prefill: at least 2 x (decoder layer parameters) x prompt tokens.
     ours = results["models"]["bcqlm"]
     layer_params = ours["parameters"]["decoder"] - ours["parameters"]["part:lm_head"]
@@ -140,15 +183,15 @@ def test_prefill_flops_split_and_derived_results(tmp_path):
     readme = tmp_path / "README.md"
     assert readme.read_text().count("| parameters: total |") == 1
     readme.write_text("intro\n" + readme.read_text() + "footer\n")
-    cp.write_markdown("new table\n", readme)
+    write_markdown("new table\n", readme, cpu_report.RESULTS_START, cpu_report.RESULTS_END)
     text = readme.read_text()
-    assert text.count(cp.RESULTS_START) == 1 and "new table" in text and "intro" in text and "footer" in text
+    assert text.count(cpu_report.RESULTS_START) == 1 and "new table" in text and "intro" in text and "footer" in text
     assert "| parameters: total |" not in text
 
 
 def test_each_model_is_measured_in_its_own_process():
-    result = cp.run_isolated(
-        cp.benchmark_model, "smolvlm", tiny=True, new_tokens=2, repeats=1, cache_implementations=("dynamic",)
+    result = run_isolated(
+        benchmark_model, "smolvlm", tiny=True, new_tokens=2, repeats=1, cache_implementations=("dynamic",)
     )
     assert result["name"] == "smolvlm" and result["peak_rss_reset"] in (True, False)
     assert result["rss_before_build_bytes"] > 0 and result["peak_rss_bytes"] >= result["rss_after_build_bytes"] * 0.5
@@ -186,17 +229,15 @@ def test_oracle_readout_trains_and_reports_every_question_type(readout, tmp_path
 
 def test_gpu_benchmark_path_on_the_cpu(tmp_path):
     pytest.importorskip("bitsandbytes")
-    from benchmarks import gpu_peers
-
     readme = tmp_path / "README.md"
     readme.write_text("# Benchmarks\n\nkept\n")
     args = ["--device", "cpu", "--tiny", "--repeats", "1", "--new-tokens", "3", "--output", str(tmp_path / "r.json")]
     results = gpu_peers.main([*args, "--markdown", "--readme", str(readme)])
     # Timings too noisy to measure (a tiny model's decode under load) are written as null.
-    assert json.loads((tmp_path / "r.json").read_text())["ratios"] == cp._jsonable(results["ratios"])
-    for name in cp.MODELS:
+    assert json.loads((tmp_path / "r.json").read_text())["ratios"] == jsonable(results["ratios"])
+    for name in MODELS:
         runs = results["models"][name]
-        assert list(runs) == list(gpu_peers.STORAGES)
+        assert list(runs) == list(STORAGES)
         assert runs["bf16"]["quantized_linears"] == 0
         assert runs["int8"]["quantized_linears"] > 0 and runs["nf4"]["quantized_linears"] > 0
         assert runs["nf4"]["footprint_bytes"] < runs["int8"]["footprint_bytes"] < runs["bf16"]["footprint_bytes"]
@@ -206,13 +247,11 @@ def test_gpu_benchmark_path_on_the_cpu(tmp_path):
             ours, peer = results["models"]["bcqlm"][storage], results["models"][name][storage]
             assert entry["ttft_ours_over_peer"] == pytest.approx(ours["timings"]["ttft_s"] / peer["timings"]["ttft_s"])
     text = readme.read_text()
-    assert text.startswith("# Benchmarks\n\nkept\n") and gpu_peers.RESULTS_START in text
+    assert text.startswith("# Benchmarks\n\nkept\n") and gpu_report.RESULTS_START in text
     assert text.count("| BcQLM (ours, default config) |") == 3 and text.count("| llava |") == 3
 
 
 def test_gpu_benchmark_without_a_gpu_says_so(capsys):
-    from benchmarks import gpu_peers
-
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is visible")
     with pytest.raises(SystemExit):
