@@ -2,6 +2,7 @@ import csv
 import json
 import logging
 import os
+import tempfile
 
 import pytest
 from datasets import Dataset, DatasetDict, Features, Value
@@ -331,6 +332,47 @@ def test_load_vqa_file_errors(plain_images, tmp_path):
     path.write_text(json.dumps({"image": "imgs/a.png", "question": "Q?", "answer": "a"}) + "\n{oops\n")
     with pytest.raises(ValueError, match="Line 2 .* not valid JSON"):
         load_vqa_file(str(path))
+    path.write_text(json.dumps({"image": "imgs/a.png", "question": "Q?", "answer": "a"}) + "\n\n[1, 2]\n")
+    with pytest.raises(ValueError, match="Line 3 of .*data.jsonl is not a JSON object: fix or remove that line"):
+        load_vqa_file(str(path))
+    mixed = [{"image": "imgs/a.png", "question": "Q?", "answer": answer} for answer in (2, "yes")]
+    path.write_text("".join(json.dumps(record) + "\n" for record in mixed))
+    with pytest.raises(ValueError, match=r"Cannot read .*data.jsonl: .*\. Give each key one type in every line"):
+        load_vqa_file(str(path))
+    path.write_text(json.dumps({"image": None, "question": "Q?", "answer": "a"}) + "\n")
+    with pytest.raises(ValueError, match=r"Row 0 of .* has no image: found keys \['answer', 'question'\]"):
+        load_vqa_file(str(path))
+    path.write_text("\n")
+    with pytest.raises(ValueError, match="data.jsonl holds no VQA records"):
+        load_vqa_file(str(path))
+    (tmp_path / "data.csv").write_text("image,question,answer\n")
+    with pytest.raises(ValueError, match="data.csv holds no VQA records"):
+        load_vqa_file(str(tmp_path / "data.csv"))
+    for data, found in [({"1": {"imageId": "n1", "question": "q?"}}, "a gqa file"), ([1, 2], "a JSON list")]:
+        with pytest.raises(ValueError, match=f"data.json is not a list of VQA records: found {found}"):
+            load_vqa_file(write_json(tmp_path / "data.json", data))
+
+
+def test_load_vqa_file_keeps_the_values_as_written(plain_images, tmp_path, monkeypatch):
+    # CSV cells stay the strings they hold (no "007" -> 7, no "None" -> missing); a null answer is an unanswered row.
+    path = tmp_path / "data.csv"
+    path.write_text('image,question,answer,question_id\nimgs/a.png,None,1.50,007\nimgs/b.jpg,NA,,\n')
+    dataset = load_vqa_file(str(path))
+    assert dataset["question"] == ["None", "NA"] and dataset["answer"] == ["1.50", ""]
+    assert dataset["question_id"] == ["007", "1"] and dataset["answers"] == [["1.50"], []]
+    records = [{"image": "imgs/a.png", "question": "Q?", "answer": None}, {"image": "imgs/gone.png", "question": "Q?"}]
+    path = tmp_path / "data[1].jsonl"  # not a glob pattern
+    path.write_text("\n".join(json.dumps(record) for record in records))
+    # Read into memory through a throwaway cache, removed on return.
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    dataset = load_vqa_file(str(path), on_missing_image="skip")
+    assert dataset["answers"] == [[]] and dataset["answer"] == [""] and dataset.cache_files == []
+    assert os.listdir(scratch) == []
+    # Every image missing: an empty dataset, with the schema.
+    dataset = load_vqa_file(str(path), image_root=str(tmp_path / "nowhere"), on_missing_image="skip")
+    assert len(dataset) == 0 and dataset.features == VQA_FEATURES
 
 
 def test_normalize_vqa_columns(plain_images):

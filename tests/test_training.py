@@ -333,6 +333,12 @@ def test_vqa_collator_masks_everything_but_the_answer():
     ]
     batch = collator(rows)
     tokenizer = processor.tokenizer
+    assert tokenizer.padding_side == "left"  # for generation: the collator pads on the right all the same
+    assert list(batch) == [
+        "input_ids", "attention_mask", "labels", "question_input_ids", "question_attention_mask", "pixel_values",
+        "image_indices",
+    ]  # fmt: skip
+    assert all(batch[key].dtype == torch.long for key in batch if key != "pixel_values")
     for index, row in enumerate(rows):
         prompt_ids = processor(images=row["image"], text=row["question"], return_tensors="pt")["input_ids"][0]
         length = int(batch["attention_mask"][index].sum())

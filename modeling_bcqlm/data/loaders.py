@@ -19,14 +19,19 @@ silent subset), or drop its rows with a warning (`on_missing_image="skip"`).
 """
 
 import csv
+import glob
+import itertools
 import json
 import logging
 import os
+import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import datasets
 from datasets import Dataset, Features, Image, Sequence, Value
+from datasets.exceptions import DatasetGenerationError
+from datasets.packaged_modules.json.json import JsonConfig
 from PIL import Image as PILImage
 
 
@@ -47,6 +52,9 @@ ON_MISSING_IMAGE = ("raise", "skip")
 NUM_PATHS_REPORTED = 5
 # VQAv2's test-dev questions use the images of the test split.
 VQAV2_IMAGE_SPLITS = {"test-dev2015": "test2015"}
+# Newer datasets store a key holding values of several types as JSON text, which reads back unparsed (the answers 2 and
+# "yes" as "2" and '"yes"'): make it an error, as in datasets 3.
+JSON_OPTIONS = {"on_mixed_types": None} if "on_mixed_types" in JsonConfig.__dataclass_fields__ else {}
 LAYOUT_LOADERS = {
     "vqav2 questions": "load_vqav2",
     "vqav2 annotations": "load_vqav2(questions_file, annotations_file)",
@@ -207,25 +215,15 @@ def load_vqa_file(
 ) -> Dataset:
     """
     Loads a plain VQA file, by extension: `.jsonl` (one object a line), `.csv` (with a header) or `.json` (a list of
-    objects). Each row has an image path (in `image_column`, relative to `image_root`, which defaults to the file's
-    folder, or absolute), a `question`, and an `answer` and/or `answers`. In CSV files `answers` is a JSON list
-    string, e.g. `["yes", "yes", "no"]`. Optional columns: `question_id` (default: the row's index in the file),
-    `answer_type` or `question_type`.
+    objects), read with `datasets`' JSON and CSV builders (so a JSON key holds one type in every row; CSV cells stay
+    the strings they hold). Each row has an image path (in `image_column`, relative to `image_root`, which defaults
+    to the file's folder, or absolute), a `question`, and an `answer` and/or `answers` (null or empty: unanswered, as
+    in test splits). In CSV files `answers` is a JSON list string, e.g. `["yes", "yes", "no"]`. Optional columns:
+    `question_id` (default: the row's index in the file), `answer_type` or `question_type`.
     """
     _check_on_missing_image(on_missing_image)
-    records = _read_records(path, "VQA", json_list_columns=("answers",))
     image_root = os.path.dirname(os.path.abspath(path)) if image_root is None else image_root
-    rows = []
-    for index, record in enumerate(records):
-        missing = [key for key in (image_column, "question") if key not in record]
-        if "answer" not in record and "answers" not in record:
-            missing.append("answer or answers")
-        if missing:
-            raise ValueError(f"Row {index} of {path} has no {', '.join(missing)}: found keys {sorted(record)}.")
-        row = _normalize_fields(record, index)
-        row["image"] = os.path.join(image_root, os.path.expanduser(record[image_column]))
-        rows.append(row)
-    return _build_dataset(rows, on_missing_image)
+    return _normalize_vqa_table(_read_table(path, "VQA"), path, image_root, on_missing_image, image_column)
 
 
 def load_caption_file(
@@ -243,16 +241,14 @@ def load_caption_file(
     unreadable images are handled as by the VQA loaders.
     """
     _check_on_missing_image(on_missing_image)
-    records = _read_records(path, "caption")
+    table = _read_table(path, "caption")
+    _check_rows(table, path, (image_column, caption_column))
     image_root = os.path.dirname(os.path.abspath(path)) if image_root is None else image_root
-    for index, record in enumerate(records):
-        missing = [key for key in (image_column, caption_column) if key not in record]
-        if missing:
-            raise ValueError(f"Row {index} of {path} has no {', '.join(missing)}: found keys {sorted(record)}.")
-    paths = [os.path.abspath(os.path.join(image_root, os.path.expanduser(record[image_column]))) for record in records]
+    paths = [_resolve_image_path(image_root, image) for image in table[image_column]]
     keep = _check_images(paths, on_missing_image)
+    captions = table[caption_column]
     return Dataset.from_dict(
-        {"image": [paths[index] for index in keep], "caption": [str(records[index][caption_column]) for index in keep]},
+        {"image": [paths[index] for index in keep], "caption": [str(captions[index]) for index in keep]},
         features=Features({"image": Image(), "caption": Value("string")}),
     )
 
@@ -284,14 +280,14 @@ def normalize_vqa_columns(
         remove_columns=input_columns,
         desc="Normalizing VQA columns",
     )
-    if not isinstance(dataset.features["image"], Image):
-        image_root = "" if image_root is None else image_root
-        paths = [os.path.abspath(os.path.join(image_root, os.path.expanduser(path))) for path in dataset["image"]]
-        keep = _check_images(paths, on_missing_image)
-        if len(keep) < len(paths):
-            dataset = dataset.select(keep)
-        dataset = dataset.remove_columns("image").add_column("image", [paths[index] for index in keep])
-    return dataset.select_columns(list(VQA_FEATURES)).cast(VQA_FEATURES)
+    if isinstance(dataset.features["image"], Image):
+        return dataset.select_columns(list(VQA_FEATURES)).cast(VQA_FEATURES)
+    paths = [_resolve_image_path(image_root or "", path) for path in dataset["image"]]
+    keep = _check_images(paths, on_missing_image)
+    # Rebuilt from the (text) columns: `cast` cannot type the columns of an empty selection (every image skipped).
+    columns = dataset.select(keep).remove_columns("image").to_dict()
+    columns["image"] = [paths[index] for index in keep]
+    return Dataset.from_dict({column: columns[column] for column in VQA_FEATURES}, features=VQA_FEATURES)
 
 
 def load_vqa_dataset(
@@ -360,42 +356,131 @@ def _load_vqa_folder(path, split, image_root, on_missing_image, **kwargs):
     for name in ("metadata.jsonl", "metadata.csv"):
         metadata = os.path.join(path, name)
         if os.path.isfile(metadata):
-            kwargs.setdefault("image_column", "file_name" if _has_column(metadata, "file_name") else "image")
-            return load_vqa_file(metadata, image_root, on_missing_image=on_missing_image, **kwargs)
+            table = _read_table(metadata, "VQA")
+            kwargs.setdefault("image_column", "file_name" if "file_name" in table.column_names else "image")
+            return _normalize_vqa_table(table, metadata, image_root, on_missing_image, **kwargs)
     dataset = datasets.load_dataset(path, split=split, **kwargs)
     return normalize_vqa_columns(dataset, image_root, on_missing_image=on_missing_image)
 
 
-def _has_column(metadata_file, column):
-    with open(metadata_file, encoding="utf-8", newline="") as f:
-        first_line = f.readline()
-    if metadata_file.endswith(".csv"):
-        return column in next(csv.reader([first_line]), [])
-    return bool(first_line.strip()) and column in json.loads(first_line)
+def _normalize_vqa_table(table, path, image_root, on_missing_image, image_column="image"):
+    """[`normalize_vqa_columns`] on the rows read from `path`, once each row is checked to hold a VQA example."""
+    _check_rows(table, path, (image_column, "question"), any_of=("answer", "answers"))
+    if path.lower().endswith(".csv") and "answers" in table.column_names:
+        # CSV cells are strings: there `answers` holds a JSON list.
+        table = table.map(
+            lambda text: {"answers": _parse_csv_answers(text, path) if text else []}, input_columns="answers"
+        )
+    if image_column != "image":
+        if "image" in table.column_names:
+            table = table.remove_columns("image")
+        table = table.rename_column(image_column, "image")
+    return normalize_vqa_columns(table, image_root, on_missing_image=on_missing_image)
 
 
-def _read_records(path, what, json_list_columns=()):
-    """The records of a `.jsonl`, `.csv` (with a header; `json_list_columns` hold JSON lists) or `.json` file."""
+def _read_table(path, what):
+    """
+    The rows of a `.jsonl`, `.csv` (with a header) or `.json` (a list of objects) file, read by `datasets`' JSON and
+    CSV builders into an in-memory `Dataset`; a key missing from a JSON row reads as None.
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No such {what} file: {path}.")
     extension = os.path.splitext(path)[1].lower()
-    if extension == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            records = [_parse_json_line(line, path, number) for number, line in enumerate(f, 1) if line.strip()]
-    elif extension == ".csv":
-        with open(path, encoding="utf-8", newline="") as f:
-            records = list(csv.DictReader(f))
-        for record in records:
-            for column in json_list_columns:
-                if record.get(column):
-                    record[column] = _parse_csv_answers(record[column], path)
-    elif extension == ".json":
-        records = _load_json(path)
-        if not (isinstance(records, list) and all(isinstance(record, dict) for record in records)):
-            raise ValueError(f"{path} is not a list of {what} records: found {_describe_layout(records)}.")
-    else:
+    if extension not in (".jsonl", ".csv", ".json"):
         raise ValueError(f"Cannot read {path}: {what} files are .jsonl, .csv or .json, got '{extension}'.")
-    return records
+    if extension == ".json" and not _starts_list_of_objects(path):
+        # datasets would read the keys of an object as the columns of one row, and a list of values as a column.
+        raise ValueError(_why_unreadable(path, what, extension))
+    builder, options = ("csv", _csv_options(path)) if extension == ".csv" else ("json", JSON_OPTIONS)
+    # A cache of its own, read into memory: nothing outlives the call or lands under HF_HOME.
+    with tempfile.TemporaryDirectory() as cache_dir:
+        try:
+            return datasets.load_dataset(
+                builder,
+                data_files=glob.escape(os.path.abspath(path)),  # data_files are glob patterns: "[1]" is not
+                split="train",
+                cache_dir=cache_dir,
+                keep_in_memory=True,
+                **options,
+            )
+        except (DatasetGenerationError, ValueError, StopIteration) as error:
+            # datasets' errors name neither the bad line nor the fix; 5.x raises StopIteration on an empty file.
+            raise ValueError(_why_unreadable(path, what, extension, error)) from error
+
+
+def _csv_options(path):
+    """`load_dataset("csv")` options that read each cell as the string it holds, as `csv.DictReader` does."""
+    with open(path, encoding="utf-8", newline="") as f:
+        header = next(csv.reader(f), [])
+    # Else pandas infers types ("007" -> 7), reads "None" or "NA" as missing and shifts rows with extra cells.
+    return {
+        "features": Features({column: Value("string") for column in header}),
+        "keep_default_na": False,
+        "index_col": False,
+    }
+
+
+def _starts_list_of_objects(path):
+    """Whether the JSON text of `path` opens a list that is empty or starts with an object."""
+    head = ""
+    with open(path, encoding="utf-8") as f:
+        while len(head) < 2 and (chunk := f.read(4096)):
+            head += "".join(chunk.split())
+    return head[:2] in ("[{", "[]")
+
+
+def _why_unreadable(path, what, extension, error=None):
+    """The message for a file datasets could not read: its first malformed line or record, else datasets' error."""
+    if extension == ".json":
+        data = _load_json(path)
+        if not (isinstance(data, list) and all(isinstance(record, dict) for record in data)):
+            return f"{path} is not a list of {what} records: found {_describe_layout(data)}."
+        has_rows, hint = bool(data), "Give each key one type in every record (e.g. every answer a string)"
+    elif extension == ".jsonl":
+        with open(path, encoding="utf-8") as f:
+            lines = [(number, line) for number, line in enumerate(f, 1) if line.strip()]
+        for number, line in lines:
+            problem = _json_line_problem(line)
+            if problem:
+                return f"Line {number} of {path} {problem}: fix or remove that line."
+        has_rows, hint = bool(lines), "Give each key one type in every line (e.g. every answer a string)"
+    else:
+        with open(path, encoding="utf-8", newline="") as f:
+            has_rows = len(list(itertools.islice(csv.reader(f), 2))) == 2
+        hint = "It must be a comma-separated file whose first row names the columns"
+    if not has_rows:
+        return f"{path} holds no {what} records."
+    cause = error.__cause__ or error
+    return f"Cannot read {path}: {type(cause).__name__}: {str(cause).rstrip('.')}. {hint}."
+
+
+def _json_line_problem(line):
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        return f"is not valid JSON ({error})"
+    return None if isinstance(record, dict) else "is not a JSON object"
+
+
+def _check_rows(table, path, required, any_of=()):
+    """
+    Raises naming the first row of `path` with no value in a `required` column, or the file has none of the `any_of`
+    columns (their values may be null: a VQA row with a null answer is unanswered, as in test splits).
+    """
+    columns = table.select_columns([column for column in required if column in table.column_names]).to_dict()
+    lacks_any_of = bool(any_of) and not set(any_of) & set(table.column_names)
+    for index in range(len(table)):
+        missing = [column for column in required if column not in columns or columns[column][index] is None]
+        if lacks_any_of:
+            missing.append(" or ".join(any_of))
+        if missing:
+            found = sorted(key for key, value in table[index].items() if value is not None)
+            raise ValueError(f"Row {index} of {path} has no {', '.join(missing)}: found keys {found}.")
+
+
+def _resolve_image_path(image_root, path):
+    """The absolute path of an image file, given absolute or relative to `image_root`; `~` is expanded in both."""
+    return os.path.abspath(os.path.join(os.path.expanduser(image_root), os.path.expanduser(path)))
 
 
 def _normalize_fields(record, index):
@@ -418,7 +503,7 @@ def _normalize_fields(record, index):
 
 def _build_dataset(rows, on_missing_image):
     """A `VQA_FEATURES` dataset from rows with image paths, without the rows whose image is missing or unreadable."""
-    paths = [os.path.abspath(os.path.expanduser(row["image"])) for row in rows]
+    paths = [_resolve_image_path("", row["image"]) for row in rows]
     keep = _check_images(paths, on_missing_image)
     columns = {column: [rows[index][column] for index in keep] for column in VQA_FEATURES if column != "image"}
     columns["image"] = [paths[index] for index in keep]
@@ -476,16 +561,6 @@ def _load_json(path):
             return json.load(f)
         except json.JSONDecodeError as error:
             raise ValueError(f"{path} is not valid JSON: {error}.") from error
-
-
-def _parse_json_line(line, path, number):
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"Line {number} of {path} is not valid JSON: {error}.") from error
-    if not isinstance(record, dict):
-        raise ValueError(f"Line {number} of {path} is not a JSON object.")
-    return record
 
 
 def _parse_csv_answers(text, path):

@@ -110,24 +110,22 @@ class BcQLMVQACollator:
         answers = tokenizer(
             [" " + str(row[self.answer_column]).strip() for row in rows], add_special_tokens=False
         )["input_ids"]
-
-        sequences, labels = [], []
-        for prompt_ids, answer_ids in zip(prompts["input_ids"], answers):
-            answer_ids = answer_ids[: self.max_answer_tokens] + [tokenizer.eos_token_id]
-            sequences.append(list(prompt_ids) + answer_ids)
-            labels.append([-100] * len(prompt_ids) + answer_ids)
-        length = max(map(len, sequences))
-        input_ids = torch.full((len(rows), length), tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-        label_ids = torch.full((len(rows), length), -100, dtype=torch.long)
-        for index, (sequence, sequence_labels) in enumerate(zip(sequences, labels)):
-            input_ids[index, : len(sequence)] = torch.tensor(sequence)
-            attention_mask[index, : len(sequence)] = 1
-            label_ids[index, : len(sequence)] = torch.tensor(sequence_labels)
+        answers = [ids[: self.max_answer_tokens] + [tokenizer.eos_token_id] for ids in answers]
+        prompt_ids = [list(ids) for ids in prompts["input_ids"]]
+        # The tokenizer pads on the left, for generation; training batches are right-padded (see the class docstring).
+        batch = tokenizer.pad(
+            {"input_ids": [prompt + answer for prompt, answer in zip(prompt_ids, answers)]},
+            padding=True,
+            padding_side="right",
+            return_tensors="pt",
+        )
+        # Labels padded with -100 on the same side, as `DataCollatorForSeq2Seq` pads them.
+        width = batch["input_ids"].shape[1]
+        labels = [[-100] * len(prompt) + answer for prompt, answer in zip(prompt_ids, answers)]
         return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "labels": label_ids,
+            "input_ids": batch["input_ids"],
+            "attention_mask": batch["attention_mask"],
+            "labels": torch.tensor([label + [-100] * (width - len(label)) for label in labels]),
             "question_input_ids": torch.tensor(prompts["question_input_ids"]),
             "question_attention_mask": torch.tensor(prompts["question_attention_mask"]),
             **self._images(torch.as_tensor(np.array(prompts["pixel_values"]))),
