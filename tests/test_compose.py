@@ -1,7 +1,6 @@
 """`conversion/compose_bcqlm.py`: a BcQLM folder from a local causal LM folder and a BreezeCLIP folder."""
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -9,9 +8,10 @@ import torch
 from transformers import AutoModel, AutoProcessor
 
 from modeling_bcqlm import BcQLMForConditionalGeneration, BreezeCLIPModel
+from modeling_bcqlm.conversion import compose_bcqlm
 from modeling_bcqlm.testing.tiny_models import make_breezeclip_processing, tiny_breezeclip_config
 
-from .helpers import make_image, save_language_model
+from .helpers import make_image, run_python, save_language_model
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,12 +28,7 @@ def save_breezeclip(folder: Path) -> BreezeCLIPModel:
 
 
 def compose(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO / "conversion" / "compose_bcqlm.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_python(REPO / "conversion" / "compose_bcqlm.py", *args, cwd=REPO)
 
 
 def test_help():
@@ -89,9 +84,6 @@ def test_compose_refuses_a_model_without_a_decoder(tmp_path):
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_composed_model_takes_the_parts_tensors_and_initialises_only_the_new_modules(tmp_path, tied):
-    sys.path.insert(0, str(REPO / "conversion"))
-    from compose_bcqlm import compose_bcqlm
-
     language_model = save_language_model(tmp_path / "llama", tie_word_embeddings=tied)
     save_breezeclip(tmp_path / "breezeclip")
     model, processor = compose_bcqlm(str(tmp_path / "llama"), str(tmp_path / "breezeclip"), {"num_attention_heads": 4})

@@ -8,7 +8,6 @@ and compared with the converted model in fp32.
 """
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,14 +18,18 @@ from torch import nn
 from transformers import AutoModel, AutoProcessor, BertTokenizer, LlamaConfig, MobileBertConfig, MobileBertModel
 
 from modeling_bcqlm import BcQLMForConditionalGeneration, BreezeCLIPModel
+from modeling_bcqlm.conversion import (
+    SourceTensors,
+    compose_bcqlm,
+    convert_breezeclip,
+    convert_original_bcqlm,
+    convert_qgcam,
+)
 
-from .helpers import make_decoder_tokenizer, make_image, make_question_tokenizer, save_language_model
+from .helpers import make_decoder_tokenizer, make_image, make_question_tokenizer, run_python, save_language_model
 
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "conversion"))
-from compose_bcqlm import compose_bcqlm  # noqa: E402
-from convert_original_bcqlm import convert_breezeclip, convert_original_bcqlm  # noqa: E402
 
 
 IMAGE_SIZE = 64
@@ -198,7 +201,6 @@ def test_breezeclip_embeddings_match_the_released_model(tmp_path, variant):
 
 def test_qgcam_matches_the_released_module_at_token_level(released):
     """Several image and question tokens, so that the split of the fused query/key/value projection matters."""
-    from convert_original_bcqlm import SourceTensors, convert_qgcam
 
     from modeling_bcqlm.modeling_bcqlm import BcQLMQGCAM
     from modeling_bcqlm.testing.tiny_models import tiny_bcqlm_config
@@ -220,7 +222,6 @@ def test_qgcam_matches_the_released_module_at_token_level(released):
 
 def test_identity_text_projections_convert(released):
     """With the shared size equal to the decoder width the released module has no text projections (identities)."""
-    from convert_original_bcqlm import SourceTensors, convert_qgcam
 
     from modeling_bcqlm.modeling_bcqlm import BcQLMQGCAM
     from modeling_bcqlm.testing.tiny_models import tiny_bcqlm_config
@@ -272,12 +273,7 @@ def test_converted_bcqlm_matches_the_released_stage_two(released):
 
 
 def run_converter(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO / "conversion" / "convert_original_bcqlm.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_python(REPO / "conversion" / "convert_original_bcqlm.py", *args, cwd=REPO)
 
 
 def test_command_line_writes_a_folder_that_auto_classes_load(released, tmp_path):
@@ -296,10 +292,9 @@ def test_command_line_writes_a_folder_that_auto_classes_load(released, tmp_path)
         "import runpy, sys\n"
         "sys.modules['timm'] = sys.modules['torchvision'] = None  # as if not installed\n"
         f"sys.argv = [{str(script_path)!r}, *{args!r}]\n"
-        f"sys.path.insert(0, {str(script_path.parent)!r})\n"
         f"runpy.run_path({str(script_path)!r}, run_name='__main__')\n"
     )
-    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    completed = run_python("-c", script, cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "text_encoder.pooler.dense.weight" in completed.stderr  # the unused tensors are reported
 
