@@ -105,6 +105,51 @@ def score(predictions: list[dict]) -> dict:
     return {"count": len(scored), **results}
 
 
+def previous_predictions(predictions_file: Path, resume: bool, state: PartialState) -> dict[str, dict]:
+    """The predictions already in `predictions_file` by question id with `--resume`; otherwise none (file removed)."""
+    done = {}
+    if resume and predictions_file.exists():
+        with open(predictions_file) as f:
+            done = {record["question_id"]: record for record in map(json.loads, f)}
+    elif state.is_main_process:
+        predictions_file.parent.mkdir(parents=True, exist_ok=True)
+        predictions_file.unlink(missing_ok=True)
+    state.wait_for_everyone()
+    return done
+
+
+def answer_shard(model, processor, dataset, shard: list[int], args, predictions_file: Path, state) -> list[dict]:
+    """Prediction records of this process's rows of `dataset`, answered in batches of `--batch_size`."""
+    predictions = []
+    batches = [shard[start : start + args.batch_size] for start in range(0, len(shard), args.batch_size)]
+    for batch in tqdm(batches, desc="Answering", disable=not state.is_local_main_process):
+        rows = [dataset[index] for index in batch]
+        answers = answer_questions(model, processor, rows, args.max_new_tokens)
+        records = [
+            {
+                "question_id": row["question_id"],
+                "question": row["question"],
+                "answer": answer,
+                "answers": row["answers"],
+                "question_type": row["question_type"],
+            }
+            for row, answer in zip(rows, answers)
+        ]
+        predictions.extend(records)
+        if state.num_processes == 1:  # appended as it goes, so that an interrupted run can resume
+            with open(predictions_file, "a") as f:
+                f.writelines(json.dumps(record) + "\n" for record in records)
+    return predictions
+
+
+def print_results(results: dict) -> None:
+    print(f"{'question type':<24} {'count':>7} {'VQA acc':>8} {'exact':>8}")
+    for name, metrics in [("overall", results)] + list(results["per_type"].items()):
+        print(
+            f"{name:<24} {metrics['count']:>7} {100 * metrics['accuracy']:>8.2f} {100 * metrics['exact_match']:>8.2f}"
+        )
+
+
 def main(argv: list[str] | None = None) -> dict:
     (args,) = HfArgumentParser(EvaluationArguments).parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
@@ -131,40 +176,15 @@ def main(argv: list[str] | None = None) -> dict:
     )
     if args.max_samples is not None:
         dataset = dataset.select(range(min(args.max_samples, len(dataset))))
-    done = {}
-    if args.resume and predictions_file.exists():
-        with open(predictions_file) as f:
-            done = {record["question_id"]: record for record in map(json.loads, f)}
-        logger.info(f"Resuming: {len(done)} of {len(dataset)} questions already answered in {predictions_file}.")
-    elif state.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        predictions_file.unlink(missing_ok=True)
-    state.wait_for_everyone()
+    done = previous_predictions(predictions_file, args.resume, state)
+    logger.info(f"{len(done)} of {len(dataset)} questions already answered in {predictions_file}.")
     todo = [index for index, question_id in enumerate(dataset["question_id"]) if question_id not in done]
 
     processor = BcQLMProcessor.from_pretrained(args.model_name_or_path)
     model = load_model(args.model_name_or_path, DTYPES[args.dtype], args.quantization, state.device)
 
-    new_predictions = []
     with state.split_between_processes(todo) as shard:
-        batches = [shard[start : start + args.batch_size] for start in range(0, len(shard), args.batch_size)]
-        for batch in tqdm(batches, desc="Answering", disable=not state.is_local_main_process):
-            rows = [dataset[index] for index in batch]
-            answers = answer_questions(model, processor, rows, args.max_new_tokens)
-            records = [
-                {
-                    "question_id": row["question_id"],
-                    "question": row["question"],
-                    "answer": answer,
-                    "answers": row["answers"],
-                    "question_type": row["question_type"],
-                }
-                for row, answer in zip(rows, answers)
-            ]
-            new_predictions.extend(records)
-            if state.num_processes == 1:  # appended as it goes, so that an interrupted run can resume
-                with open(predictions_file, "a") as f:
-                    f.writelines(json.dumps(record) + "\n" for record in records)
+        new_predictions = answer_shard(model, processor, dataset, shard, args, predictions_file, state)
     new_predictions = gather_object(new_predictions) if state.num_processes > 1 else new_predictions
 
     if not state.is_main_process:
@@ -183,11 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
     with open(output_dir / "results.json", "w") as f:
         json.dump(results, f, indent=2)
 
-    print(f"{'question type':<24} {'count':>7} {'VQA acc':>8} {'exact':>8}")
-    for name, metrics in [("overall", results)] + list(results["per_type"].items()):
-        print(
-            f"{name:<24} {metrics['count']:>7} {100 * metrics['accuracy']:>8.2f} {100 * metrics['exact_match']:>8.2f}"
-        )
+    print_results(results)
     return results
 
 

@@ -3,9 +3,9 @@
     python examples/push_to_hub.py --model path/to/bcqlm --repo_id your-username/bcqlm [--private]
     python examples/push_to_hub.py --model path/to/bcqlm --dry_run --output_dir exported  # no network
 
-The checkpoint (a folder or a Hub id) is loaded with the installed package's classes and saved into one folder: the
-safetensors weights, `config.json` (with `auto_map` and the `custom_pipelines` of both VQA tasks), the package's code
-files, `generation_config.json`, the processor (image processor, decoder tokenizer, and the question tokenizer in
+The checkpoint (a folder or a Hub id) is loaded with the installed package's classes and saved into one folder by
+`modeling_bcqlm.export.save_hub_folder`: the safetensors weights, `config.json` (with `auto_map` and the
+`custom_pipelines` of both VQA tasks), the five code files, `generation_config.json`, the processor (image processor, decoder tokenizer, and the question tokenizer in
 `question_tokenizer/`), the model card as `README.md` (its example Hub id replaced by `--repo_id`) and the image its
 examples ask about (`--example_image`). The shipped model publishes with `--model modeling_bcqlm/default_model`. The folder is
 then uploaded as a single commit, which also deletes the repository's files that the folder does not hold, so that an
@@ -21,6 +21,7 @@ from pathlib import Path
 from huggingface_hub import HfApi
 
 from modeling_bcqlm import BcQLMForConditionalGeneration, BcQLMProcessor
+from modeling_bcqlm.export import save_hub_folder
 
 
 MODEL_CARD = Path(__file__).resolve().parent.parent / "model_card.md"
@@ -41,8 +42,7 @@ def export(
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()):
         raise ValueError(f"--output_dir {output_dir} is not empty: its files would be published with the model.")
-    BcQLMForConditionalGeneration.from_pretrained(model).save_pretrained(output_dir)
-    BcQLMProcessor.from_pretrained(model).save_pretrained(output_dir)
+    save_hub_folder(BcQLMForConditionalGeneration.from_pretrained(model), BcQLMProcessor.from_pretrained(model), output_dir)
     card = Path(model_card).read_text(encoding="utf-8")
     if repo_id is not None:
         card = card.replace(CARD_REPO_ID, repo_id)

@@ -22,7 +22,7 @@
 import argparse
 import importlib.util
 import json
-import re
+import os
 import shutil
 import sys
 import tempfile
@@ -32,7 +32,6 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     BertTokenizer,
     CLIPConfig,
@@ -48,12 +47,19 @@ from transformers import (
     TrainingArguments,
 )
 
-from modeling_bcqlm import BreezeCLIPConfig
+import modeling_bcqlm
+from modeling_bcqlm import BcQLMForConditionalGeneration, BcQLMProcessor, BreezeCLIPConfig
 from modeling_bcqlm.data.synthetic_shapes import make_synthetic_captions, make_synthetic_splits
+from modeling_bcqlm.data.tokenizers import (
+    EOS,
+    train_clip_tokenizer,
+    train_decoder_tokenizer,
+    word_level_question_tokenizer,
+)
+from modeling_bcqlm.export import save_hub_folder
 
 
 REPO = Path(__file__).resolve().parents[1]
-BOS, EOS, PAD = "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>"
 PROMPT = "Question: {question}\nAnswer: {answer}"
 
 # Sizes of the shipped model; `--quick` keeps them and shortens the training.
@@ -144,66 +150,11 @@ def order_by_image(questions: datasets.Dataset, seed: int) -> datasets.Dataset:
     return questions.select(sorted(range(len(questions)), key=lambda row: (image_order[image_indices[row]], row)))
 
 
-def strip_remote_code(folder: Path) -> None:
-    """
-    The shipped model loads through the installed package's classes: drop the copied code files and the configs'
-    `auto_map` and `custom_pipelines` (which would make `pipeline(...)` demand `trust_remote_code=True`).
-    """
+def link_package_code(folder: Path) -> None:
+    """Make the code files of the model shipped in the package links to the package's own, so that they never drift."""
     for code_file in folder.glob("*.py"):
         code_file.unlink()
-
-    def without_remote_code(value):
-        if isinstance(value, dict):
-            return {k: without_remote_code(v) for k, v in value.items() if k not in ("auto_map", "custom_pipelines")}
-        return value
-
-    for config_file in folder.rglob("*config.json"):
-        config = json.loads(config_file.read_text())
-        config_file.write_text(json.dumps(without_remote_code(config), indent=2, sort_keys=True) + "\n")
-
-
-def train_decoder_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=512, special_tokens=[BOS, EOS, PAD], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    tokenizer.train_from_iterator(texts, trainer)
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", special_tokens=[(BOS, tokenizer.token_to_id(BOS))]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD, model_max_length=IMAGE_SIZE
-    )
-
-
-def train_question_tokenizer(texts: list[str], folder: Path) -> BertTokenizer:
-    words = sorted({word for text in texts for word in re.findall(r"\w+|[^\w\s]", text.lower())})
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(tokens) + "\n")
-    return BertTokenizer(str(folder / "vocab.txt"), model_max_length=32)
-
-
-def train_teacher_tokenizer(texts: list[str]) -> CLIPTokenizer:
-    """A `CLIPTokenizer` whose BPE merges are learned on the captions (whole words become tokens)."""
-    tokenizer = CLIPTokenizer()
-    backend = Tokenizer(models.BPE(end_of_word_suffix="</w>", continuing_subword_prefix=""))
-    backend.normalizer = tokenizer.backend_tokenizer.normalizer
-    backend.pre_tokenizer = tokenizer.backend_tokenizer.pre_tokenizer
-    specials = ["<|startoftext|>", "<|endoftext|>"]
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    backend.train_from_iterator(texts, trainer)
-    model = json.loads(backend.to_str())["model"]
-    merges = [tuple(merge) if isinstance(merge, list) else tuple(merge.split(" ")) for merge in model["merges"]]
-    return CLIPTokenizer(vocab=model["vocab"], merges=merges, model_max_length=64)
+        code_file.symlink_to(os.path.relpath(Path(modeling_bcqlm.__file__).parent / code_file.name, folder))
 
 
 class CLIPCollator:
@@ -348,13 +299,13 @@ def train_bcqlm(args, work: Path) -> None:
 
 
 def ship(work: Path, output_dir: Path) -> None:
-    """The trained model, its processor and generation config, without training records or remote code."""
+    """The trained model, its processor and generation config, as a Hub-ready folder without training records."""
     if output_dir.exists():
         shutil.rmtree(output_dir)
-    shutil.copytree(work / "vqa_run", output_dir, ignore=shutil.ignore_patterns("checkpoint-*", "runs", "*.json.tmp"))
-    strip_remote_code(output_dir)
-    for name in ("all_results.json", "trainer_state.json", "training_args.bin"):
-        (output_dir / name).unlink(missing_ok=True)
+    model = BcQLMForConditionalGeneration.from_pretrained(work / "vqa_run")
+    save_hub_folder(model, BcQLMProcessor.from_pretrained(work / "vqa_run"), output_dir)
+    if output_dir.resolve() == Path(modeling_bcqlm.DEFAULT_MODEL).resolve():
+        link_package_code(output_dir)
 
 
 def evaluate(work: Path, output_dir: Path) -> dict:
@@ -408,9 +359,9 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"data: {len(captions)} captioned images, {len(train)} training, {len(splits['test'])} test questions", start)
     qa_texts = [PROMPT.format(question=q, answer=a) for q, a in zip(train["question"], train["answer"])]
     caption_texts = list(captions["caption"])
-    decoder_tokenizer = train_decoder_tokenizer(qa_texts + caption_texts)
-    question_tokenizer = train_question_tokenizer(list(train["question"]), work / "question_tokenizer")
-    train_teacher(args, work, captions, train_teacher_tokenizer(caption_texts))
+    decoder_tokenizer = train_decoder_tokenizer(qa_texts + caption_texts, vocab_size=512, model_max_length=IMAGE_SIZE)
+    question_tokenizer = word_level_question_tokenizer(list(train["question"]))
+    train_teacher(args, work, captions, train_clip_tokenizer(caption_texts))
     log("teacher trained", start)
     distill_breezeclip(args, work, caption_file, question_tokenizer)
     log("BreezeCLIP distilled", start)

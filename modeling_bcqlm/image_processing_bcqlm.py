@@ -1,8 +1,10 @@
 """Image processor of BcQLM: CLIP-style preprocessing on the PIL backend (no torchvision needed)."""
 
+import io
 import os
 
 import numpy as np
+from huggingface_hub.utils import httpx  # the HTTP client of the Hub library (and of `load_image`)
 from PIL import Image, ImageOps
 from transformers import CLIPImageProcessorPil
 from transformers.image_utils import ImageInput, is_pil_image, is_valid_image, load_image
@@ -14,26 +16,37 @@ WIDE_MODES = ("I", "F")
 NUM_CHANNELS = (1, 3, 4)
 
 
-def _open_image_file(path: str | os.PathLike) -> Image.Image:
-    """Open and fully decode a local image file, raising a `ValueError` that names the file on failure."""
-    if not os.path.isfile(path):
+def _fetch_url(url: str, timeout: float | None) -> io.BytesIO:
+    """The bytes at an http(s) URL, waiting at most `timeout` seconds; a `ValueError` that names the URL on failure."""
+    try:
+        response = httpx.get(url, timeout=timeout, follow_redirects=True)
+        return io.BytesIO(response.raise_for_status().content)
+    except httpx.HTTPError as err:
+        raise ValueError(f"Could not fetch the image at {url!r} ({err}). Check the URL and the network.") from err
+
+
+def _open_image(source: str | os.PathLike, timeout: float | None = None) -> Image.Image:
+    """
+    Open and fully decode an image file or http(s) URL, upright by its EXIF orientation and in its own PIL mode
+    (`load_image` would convert it to RGB, dropping transparency and clipping 16-bit values; the image processor
+    converts). Raises a `ValueError` that names the source on failure.
+    """
+    is_url = isinstance(source, str) and source.startswith(("http://", "https://"))
+    if not is_url and not os.path.isfile(source):
         raise ValueError(
-            f"Image file {str(path)!r} does not exist. Pass the path of an existing image file, or the image itself "
-            "(a PIL image, numpy array or torch tensor)."
+            f"Image file {str(source)!r} does not exist. Pass the path of an existing image file, an http(s) URL, or "
+            "the image itself (a PIL image, numpy array or torch tensor)."
         )
     try:
-        image = Image.open(path)
+        image = Image.open(_fetch_url(source, timeout) if is_url else source)
     except (OSError, SyntaxError, ValueError) as err:
         raise ValueError(
-            f"{str(path)!r} is not an image file that PIL can read ({err}). Pass a PNG, JPEG, WebP, TIFF or other "
-            "image file."
+            f"{str(source)!r} is not an image that PIL can read ({err}). Pass a PNG, JPEG, WebP, TIFF or other image."
         ) from err
     try:
         image.load()
     except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise ValueError(
-            f"Image file {str(path)!r} is corrupt or truncated ({err}). Re-download or re-export the image."
-        ) from err
+        raise ValueError(f"Image {str(source)!r} is corrupt or truncated ({err}). Re-download or re-export it.") from err
     return ImageOps.exif_transpose(image)
 
 
@@ -51,12 +64,15 @@ def _check_image_array(image):
     )
 
 
-def _to_8bit(image: Image.Image) -> Image.Image:
+def to_8bit(image: Image.Image) -> Image.Image:
     """
     Rescale a 16-bit (`I;16*`), 32-bit integer (`I`) or float (`F`) PIL image to an 8-bit `L` image by its value
-    range, where PIL's own conversion would clip. `I;16*` images span [0, 65535]. `I` and `F` images span the
-    smallest of [0, 1] (`F` only), [0, 255] and [0, 65535] that holds their values, or their own min-max otherwise.
+    range, where PIL's own conversion would clip; other images are returned as they are. `I;16*` images span
+    [0, 65535]. `I` and `F` images span the smallest of [0, 1] (`F` only), [0, 255] and [0, 65535] that holds their
+    values, or their own min-max otherwise.
     """
+    if image.mode not in SIXTEEN_BIT_MODES + WIDE_MODES:
+        return image
     pixels = np.nan_to_num(np.asarray(image, dtype=np.float64))
     low, high = float(pixels.min()), float(pixels.max())
     if image.mode in SIXTEEN_BIT_MODES:
@@ -78,20 +94,25 @@ class BcQLMImageProcessor(CLIPImageProcessorPil):
     edge to 224 (bicubic), center crop 224x224, rescale by 1/255 and normalise with CLIP's mean and std, giving
     `pixel_values` of shape `(batch_size, 3, 224, 224)`.
 
-    Accepts PIL images, numpy arrays, torch tensors and paths to local image files (`str` or `os.PathLike`; `http(s)://`
-    and `data:image/` strings are fetched like `load_image` does). Every PIL mode is converted to RGB: transparency is
+    Accepts PIL images, numpy arrays, torch tensors, paths to local image files (`str` or `os.PathLike`), `http(s)://`
+    URLs and `data:image/` strings. Every PIL mode is converted to RGB: transparency is
     composited onto white, and 16-bit, 32-bit integer and float images are first rescaled to 8 bits by their value
     range (a 16-bit white becomes 255 rather than being clipped).
     """
 
-    def fetch_images(self, image_url_or_urls: ImageInput | str | os.PathLike | list) -> ImageInput:
-        """Open paths (and URLs) as PIL images and check the shapes of arrays, keeping the nesting of lists."""
+    def fetch_images(
+        self, image_url_or_urls: ImageInput | str | os.PathLike | list, timeout: float | None = None
+    ) -> ImageInput:
+        """
+        Open paths and URLs (`timeout` seconds per URL) as PIL images and check the shapes of arrays, keeping the
+        nesting of lists. Every path that reads images (processor, pipeline, collators, CLI) comes here.
+        """
         if isinstance(image_url_or_urls, (list, tuple)):
-            return [self.fetch_images(image) for image in image_url_or_urls]
-        if isinstance(image_url_or_urls, str) and image_url_or_urls.startswith(("http://", "https://", "data:image/")):
+            return [self.fetch_images(image, timeout) for image in image_url_or_urls]
+        if isinstance(image_url_or_urls, str) and image_url_or_urls.startswith("data:image/"):
             return load_image(image_url_or_urls)
         if isinstance(image_url_or_urls, (str, os.PathLike)):
-            return _open_image_file(image_url_or_urls)
+            return _open_image(image_url_or_urls, timeout)
         if is_pil_image(image_url_or_urls):
             return image_url_or_urls
         if is_valid_image(image_url_or_urls):
@@ -103,8 +124,8 @@ class BcQLMImageProcessor(CLIPImageProcessorPil):
 
     def process_image(self, image: ImageInput, *args, **kwargs) -> np.ndarray:
         """Convert one image to a channels-first array, rescaling PIL images wider than 8 bits to 8 bits first."""
-        if is_pil_image(image) and image.mode in SIXTEEN_BIT_MODES + WIDE_MODES:
-            image = _to_8bit(image)
+        if is_pil_image(image):
+            image = to_8bit(image)
         return super().process_image(image, *args, **kwargs)
 
 

@@ -594,19 +594,6 @@ class BcQLMForConditionalGeneration(BcQLMPreTrainedModel, GenerationMixin):
             model_inputs["image_features"] = image_features
         return model_inputs
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        # Hub custom-code VLMs answer through `AutoModel` too: add that entry beside the registered auto class.
-        if self._auto_class is not None:
-            class_ref = f"{self.__class__.__module__.split('.')[-1]}.{self.__class__.__name__}"
-            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoModel": class_ref}
-            # Saved folders answer `pipeline("visual-question-answering", model=folder, trust_remote_code=True)`; this
-            # relative import also makes the saved code include `pipeline_bcqlm.py`.
-            from .pipeline_bcqlm import BcQLMVisualQuestionAnsweringPipeline as vqa_pipeline
-
-            custom_pipelines = getattr(self.config, "custom_pipelines", None) or {}
-            self.config.custom_pipelines = {**custom_pipelines, **vqa_pipeline.custom_pipelines()}
-        return super().save_pretrained(save_directory, *args, **kwargs)
-
 
 __all__ = [
     "BreezeCLIPPreTrainedModel",

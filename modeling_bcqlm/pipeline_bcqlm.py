@@ -1,13 +1,16 @@
-"""The VQA pipeline of BcQLM: `pipeline("visual-question-answering", model=..., trust_remote_code=True)`.
+"""The VQA pipeline of BcQLM, with the classic pipeline's inputs and outputs (`[{"score": float, "answer": str}]`).
 
-`transformers` 5 removed its built-in `visual-question-answering` task; this pipeline brings it back for BcQLM with the
-classic pipeline's inputs and outputs (`[{"score": float, "answer": str}]`). Saved folders name it in the config's
-`custom_pipelines`, so it loads as remote code beside the model.
+`transformers` 5 removed its built-in `visual-question-answering` task, and `pipeline()` refuses the task name unless
+the model's config names a pipeline for it in `custom_pipelines`, as the folders written by
+`modeling_bcqlm.export.save_hub_folder` do. The supported calls:
+
+- `pipeline("visual-question-answering", model=hub_folder, trust_remote_code=True)`: this file, loaded from the folder;
+- `BcQLMVisualQuestionAnsweringPipeline(model=model, processor=processor)` with the package installed, for any model;
+- `pipeline("image-text-to-text", model=...)`: transformers' own task, generated text instead of scored answers.
 """
 
 import torch
 from transformers import GenerationConfig
-from transformers.image_utils import load_image
 from transformers.pipelines.base import Pipeline
 
 
@@ -30,7 +33,7 @@ class BcQLMVisualQuestionAnsweringPipeline(Pipeline):
 
     ```python
     >>> from transformers import pipeline
-    >>> vqa = pipeline("visual-question-answering", model="path/to/bcqlm", trust_remote_code=True)
+    >>> vqa = pipeline("visual-question-answering", model="your-username/bcqlm", trust_remote_code=True)
     >>> vqa(image="cat.png", question="Where is the cat sitting?", top_k=2)
     [{'score': 0.61, 'answer': 'on the sofa'}, {'score': 0.12, 'answer': 'on the table'}]
     >>> vqa(image="cat.png", question=["What colour is the cat?", "Is it asleep?"], batch_size=2)
@@ -73,7 +76,7 @@ class BcQLMVisualQuestionAnsweringPipeline(Pipeline):
 
     @classmethod
     def custom_pipelines(cls) -> dict:
-        """The config's `custom_pipelines` entries naming this class, as `Pipeline.save_pretrained` writes them."""
+        """The config's `custom_pipelines` entries that name this class for both VQA task names."""
         impl = f"{cls.__module__.split('.')[-1]}.{cls.__name__}"
         return {task: {"impl": impl, "pt": ["AutoModelForImageTextToText"]} for task in VQA_TASKS}
 
@@ -152,12 +155,9 @@ class BcQLMVisualQuestionAnsweringPipeline(Pipeline):
         return {"image": inputs["image"], "question": question}
 
     def preprocess(self, inputs, timeout=None):
-        image = inputs["image"]
-        try:
-            image = load_image(image, timeout=timeout)
-        except Exception as error:
-            shown = image if isinstance(image, str) else type(image).__name__
-            raise ValueError(f"Could not read the image {shown!r}: {error}") from error
+        # The image processor reads paths and URLs as it does everywhere; its conversions (alpha onto white, 16-bit
+        # rescaling) then apply to them as to images passed in memory.
+        image = self.processor.image_processor.fetch_images(inputs["image"], timeout=timeout)
         # The processor runs in `_forward`, once per batch: one tokenizer and image-processor call for the batch.
         return {"image": image, "question": inputs["question"]}
 
@@ -206,7 +206,7 @@ class BcQLMVisualQuestionAnsweringPipeline(Pipeline):
         return sorted(results, key=lambda result: result["score"], reverse=True)[:top_k]
 
     def save_pretrained(self, save_directory, **kwargs):
-        """Save the model, its code, this pipeline's code and the processor: a folder `pipeline()` loads."""
+        """Save the model and the processor (`modeling_bcqlm.export.save_hub_folder` also adds this pipeline)."""
         super().save_pretrained(save_directory, **kwargs)
         self.processor.save_pretrained(save_directory, **kwargs)
 

@@ -6,6 +6,7 @@ from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpa
 from transformers.tokenization_utils_base import AddedToken, TextInput
 from transformers.utils import logging
 
+
 logger = logging.get_logger(__name__)
 
 DEFAULT_PROMPT_TEMPLATE = "Question: {question}\nAnswer:"

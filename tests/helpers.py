@@ -10,11 +10,9 @@ import torch
 from PIL import Image
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from modeling_bcqlm.data.tokenizers import BOS, EOS, PAD
 from modeling_bcqlm.testing.tiny_models import (
-    BOS,
     CORPUS,
-    EOS,
-    PAD,
     make_decoder_tokenizer,
     make_processor,
     make_question_tokenizer,
@@ -33,7 +31,7 @@ __all__ = [
     "make_processor",
     "make_question_tokenizer",
     "redraw_weights",
-    "run_without_package",
+    "run_python",
     "save_language_model",
 ]
 
@@ -88,15 +86,19 @@ def save_language_model(
     return language_model
 
 
-def run_without_package(script: str, *args: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    """Run `python -c script args` offline in a fresh process in which `modeling_bcqlm` cannot be imported."""
-    env = dict(os.environ, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1", PYTHONPATH="")
-    blocked = 'import sys\nsys.modules["modeling_bcqlm"] = None  # the installed package must not be importable\n'
+def run_python(
+    *args, cwd: Path, executable: str = sys.executable, without_package: bool = False, timeout: int = 600, **env
+) -> subprocess.CompletedProcess:
+    """
+    `python *args` (or `executable *args`, e.g. a console command) in a fresh process, offline, in `cwd`, with `env`
+    added to the environment. With `without_package`,
+    `args` is `("-c", script, *script_args)` and `modeling_bcqlm` cannot be imported (as where only a saved folder's
+    code is at hand); the folders' code is then cached under `cwd/hf_home`.
+    """
+    env = dict(os.environ, HF_HUB_OFFLINE="1", **env)
+    if without_package:
+        env.update(HF_HOME=str(Path(cwd) / "hf_home"), PYTHONPATH="")
+        args = ("-c", 'import sys\nsys.modules["modeling_bcqlm"] = None  # not importable\n' + args[1], *args[2:])
     return subprocess.run(
-        [sys.executable, "-c", blocked + script, *map(str, args)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [executable, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )

@@ -12,8 +12,15 @@ import datasets
 import pytest
 from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor, pipeline
 
-from modeling_bcqlm import DEFAULT_MODEL, BcQLMForConditionalGeneration, BcQLMProcessor
+from modeling_bcqlm import (
+    DEFAULT_MODEL,
+    BcQLMForConditionalGeneration,
+    BcQLMProcessor,
+    BcQLMVisualQuestionAnsweringPipeline,
+)
 from modeling_bcqlm.data.synthetic_shapes import make_synthetic_vqa
+
+from .helpers import run_python
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,6 +28,9 @@ EXAMPLE_IMAGE = ROOT / "examples" / "images" / "shapes.png"
 # The example image is the scene of this one-image synthetic test set, which also gives its questions and answers.
 EXAMPLE_SCENE = {"num_images": 1, "seed": 7, "image_size": 128, "split": "test", "held_out_fraction": 0.0}
 MAX_SIZE_BYTES = 20 * 1024 * 1024
+CODE_FILES = (
+    "configuration_bcqlm.py", "modeling_bcqlm.py", "processing_bcqlm.py", "image_processing_bcqlm.py", "pipeline_bcqlm.py"
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -36,18 +46,8 @@ def bcqlm_command() -> str:
     return command
 
 
-def run(command: list, cwd, **env) -> subprocess.CompletedProcess:
-    """`command` in a fresh process, offline, with `env` added to the environment."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", **env)
-    return subprocess.run(list(map(str, command)), cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-
 def run_bcqlm(*args, cwd) -> subprocess.CompletedProcess:
-    return run([bcqlm_command(), *args], cwd)
-
-
-def run_python(*args, cwd, **env) -> subprocess.CompletedProcess:
-    return run([sys.executable, *args], cwd, **env)
+    return run_python(*args, cwd=cwd, executable=bcqlm_command())
 
 
 def test_example_image_is_the_synthetic_scene(example):
@@ -55,20 +55,60 @@ def test_example_image_is_the_synthetic_scene(example):
     assert EXAMPLE_IMAGE.read_bytes() == png
 
 
-def test_shipped_folder_is_complete_small_and_loads_without_remote_code():
+def test_shipped_folder_is_complete_small_and_hub_ready():
     folder = Path(DEFAULT_MODEL)
     files = {str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file()}
-    assert {
+    assert files == {
         "config.json", "model.safetensors", "generation_config.json", "processor_config.json", "chat_template.jinja",
         "tokenizer.json", "tokenizer_config.json", "question_tokenizer/tokenizer.json",
-        "question_tokenizer/tokenizer_config.json", "training_results.json",
-    } <= files  # fmt: skip
-    assert not [name for name in files if name.endswith((".py", ".bin", ".pt", ".pth"))]
+        "question_tokenizer/tokenizer_config.json", "training_results.json", *CODE_FILES,
+    }  # fmt: skip
     assert sum((folder / name).stat().st_size for name in files) <= MAX_SIZE_BYTES
-    for name in files:
-        if name.endswith(".json"):
-            text = (folder / name).read_text()
-            assert '"auto_map"' not in text and '"custom_pipelines"' not in text, name
+    # The code files are the package's own (links in the repository, copies in a built wheel).
+    for name in CODE_FILES:
+        assert (folder / name).read_bytes() == (folder.parent / name).read_bytes(), name
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForImageTextToText"] == "modeling_bcqlm.BcQLMForConditionalGeneration"
+    assert set(config["custom_pipelines"]) == {"visual-question-answering", "vqa"}
+
+
+LOAD_WITHOUT_PACKAGE = """
+import json, sys
+from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
+
+folder, image, question = sys.argv[1:]
+try:
+    AutoProcessor.from_pretrained(folder, trust_remote_code=False)
+except ValueError as error:
+    refused = "trust_remote_code=True" in str(error)
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True)
+inputs = processor(images=image, text=question, return_tensors="pt")
+vqa = pipeline("visual-question-answering", model=folder, trust_remote_code=True)
+print(json.dumps({
+    "refused": refused,
+    "classes": [type(processor).__name__, type(model).__name__, type(vqa).__name__],
+    "generate": processor.post_process_image_text_to_text(model.generate(**inputs, max_new_tokens=4))[0],
+    "pipeline": vqa(image=image, question=question, max_new_tokens=4)[0]["answer"],
+}))
+"""
+
+
+def test_shipped_folder_loads_where_the_package_is_not_imported(tmp_path, example):
+    questions, _ = example
+    question = "how many green objects can you see?"
+    result = run_python(
+        "-c", LOAD_WITHOUT_PACKAGE, DEFAULT_MODEL, EXAMPLE_IMAGE, question, cwd=tmp_path, without_package=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert loaded["refused"], "without trust_remote_code the folder's code must not run"
+    assert loaded["classes"] == ["BcQLMProcessor", "BcQLMForConditionalGeneration", "BcQLMVisualQuestionAnsweringPipeline"]
+    model = BcQLMForConditionalGeneration.from_pretrained(DEFAULT_MODEL)
+    processor = BcQLMProcessor.from_pretrained(DEFAULT_MODEL)
+    inputs = processor(images=str(EXAMPLE_IMAGE), text=question, return_tensors="pt")
+    [answer] = processor.post_process_image_text_to_text(model.generate(**inputs, max_new_tokens=4))
+    assert loaded["generate"] == loaded["pipeline"] == answer
 
 
 def test_loads_through_the_auto_classes_and_answers_like_the_pipeline(example):
@@ -78,7 +118,7 @@ def test_loads_through_the_auto_classes_and_answers_like_the_pipeline(example):
     assert type(AutoModelForImageTextToText.from_pretrained(DEFAULT_MODEL)) is BcQLMForConditionalGeneration
     processor = AutoProcessor.from_pretrained(DEFAULT_MODEL)
     assert isinstance(processor, BcQLMProcessor)
-    vqa = pipeline("visual-question-answering", model=DEFAULT_MODEL)
+    vqa = pipeline("visual-question-answering", model=DEFAULT_MODEL, pipeline_class=BcQLMVisualQuestionAnsweringPipeline)
     chat = pipeline("image-text-to-text", model=DEFAULT_MODEL)
     for question in questions:
         inputs = processor(images=str(EXAMPLE_IMAGE), text=question, return_tensors="pt")
@@ -132,7 +172,8 @@ def test_loading_and_answering_prints_nothing_but_the_answer(tmp_path, example):
         "model, processor = AutoModel.from_pretrained(DEFAULT_MODEL), AutoProcessor.from_pretrained(DEFAULT_MODEL)\n"
         "inputs = processor(images=image, text=question, return_tensors='pt')\n"
         "print(processor.post_process_image_text_to_text(model.generate(**inputs, max_new_tokens=8))[0])\n"
-        "print(pipeline('visual-question-answering', model=DEFAULT_MODEL)(image=image, question=question)[0]['answer'])\n"
+        "vqa = pipeline('visual-question-answering', model=DEFAULT_MODEL, trust_remote_code=True)\n"
+        "print(vqa(image=image, question=question)[0]['answer'])\n"
         "messages = [{'role': 'user', 'content': [{'type': 'image', 'url': image}, {'type': 'text', 'text': question}]}]\n"
         "chat = pipeline('image-text-to-text', model=DEFAULT_MODEL)\n"
         "print(chat(text=messages, max_new_tokens=8, return_full_text=False)[0]['generated_text'])\n"
@@ -183,16 +224,11 @@ def test_evaluation_script_reproduces_the_reported_results(tmp_path):
     splits.save_to_disk(str(tmp_path / "data"))
     card = (ROOT / "model_card.md").read_text()
     for split in ("test", "test_held_out"):
-        completed = subprocess.run(
-            [
-                sys.executable, str(ROOT / "examples" / "evaluate_vqa.py"), "--model_name_or_path", DEFAULT_MODEL,
-                "--data", str(tmp_path / "data"), "--split", split, "--output_dir", str(tmp_path / split),
-                "--batch_size", "64", "--max_new_tokens", "4",
-            ],  # fmt: skip
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        completed = run_python(
+            ROOT / "examples" / "evaluate_vqa.py", "--model_name_or_path", DEFAULT_MODEL,
+            "--data", tmp_path / "data", "--split", split, "--output_dir", tmp_path / split,
+            "--batch_size", "64", "--max_new_tokens", "4", cwd=tmp_path,
+        )  # fmt: skip
         assert completed.returncode == 0, completed.stderr[-3000:]
         results = json.loads((tmp_path / split / "results.json").read_text())
         reported = summary["results"][split]
@@ -206,11 +242,7 @@ def test_evaluation_script_reproduces_the_reported_results(tmp_path):
 
 def test_quickstart_answers_its_default_question_correctly(example):
     questions, _ = example
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "quickstart.py"), "--max-new-tokens", "4"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    result = run_python(ROOT / "examples" / "quickstart.py", "--max-new-tokens", "4", cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     question_line, answer_line = result.stdout.strip().splitlines()[-2:]
     question = question_line.removeprefix("Question: ")

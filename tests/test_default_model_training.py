@@ -1,30 +1,23 @@
 """`examples/train_default_model.py --quick`: every step of the shipped model's training, on a few examples."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from transformers import AutoModel, AutoProcessor
 
 from modeling_bcqlm import BcQLMForConditionalGeneration
 
+from .helpers import run_python
+
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_quick_run_trains_every_stage_and_saves_a_loadable_model(tmp_path):
-    completed = subprocess.run(
-        [
-            sys.executable, str(REPO / "examples" / "train_default_model.py"), "--quick",
-            "--output_dir", str(tmp_path / "model"), "--work_dir", str(tmp_path / "work"),
-        ],  # fmt: skip
-        env=dict(os.environ, HF_HUB_OFFLINE="1"),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    completed = run_python(
+        REPO / "examples" / "train_default_model.py", "--quick",
+        "--output_dir", tmp_path / "model", "--work_dir", tmp_path / "work", cwd=tmp_path, timeout=900,
+    )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-4000:]
     work = tmp_path / "work"
     for stage in ("teacher", "breezeclip", "decoder", "composed", "vqa_run"):
@@ -37,6 +30,13 @@ def test_quick_run_trains_every_stage_and_saves_a_loadable_model(tmp_path):
     }  # fmt: skip
     model = AutoModel.from_pretrained(tmp_path / "model")
     assert isinstance(model, BcQLMForConditionalGeneration)
+    # Hub-ready, with real code files outside the package (links only where the folder is `DEFAULT_MODEL`).
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert set(config["custom_pipelines"]) == {"visual-question-answering", "vqa"}
+    code_files = sorted(path.name for path in (tmp_path / "model").glob("*.py") if not path.is_symlink())
+    assert code_files == [
+        "configuration_bcqlm.py", "image_processing_bcqlm.py", "modeling_bcqlm.py", "pipeline_bcqlm.py", "processing_bcqlm.py"
+    ]  # fmt: skip
     processor = AutoProcessor.from_pretrained(tmp_path / "model")
     assert processor.image_processor.crop_size["height"] == model.config.breezeclip_config.vision_config.image_size
 

@@ -8,8 +8,9 @@ import torch
 from transformers import AutoModel, AutoProcessor
 
 from modeling_bcqlm import BcQLMForConditionalGeneration, BcQLMProcessor
+from modeling_bcqlm.export import save_hub_folder
 
-from .helpers import make_image, make_model_and_processor, run_without_package
+from .helpers import make_image, make_model_and_processor, run_python
 
 
 QUESTIONS = ["What colour is the car?", "How many dogs are in the picture on the grass?"]
@@ -84,12 +85,11 @@ def test_processor_and_model_round_trip(tmp_path):
 def test_remote_code_answers_like_the_in_memory_model(tmp_path):
     model, processor = make_model_and_processor()
     folder = tmp_path / "bcqlm"
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
+    save_hub_folder(model, processor, folder)
     image = make_image(seed=5)
     image.save(tmp_path / "image.png")
-    result = run_without_package(
-        REMOTE_ANSWER, folder, tmp_path / "image.png", json.dumps(QUESTIONS), tmp_path=tmp_path
+    result = run_python(
+        "-c", REMOTE_ANSWER, folder, tmp_path / "image.png", json.dumps(QUESTIONS), cwd=tmp_path, without_package=True
     )
     assert result.returncode == 0, result.stderr[-3000:]
     remote_answers = json.loads(result.stdout.strip().splitlines()[-1])

@@ -1,26 +1,25 @@
 """Pipelines: BcQLM's visual-question-answering pipeline, transformers' image-text-to-text pipeline, streaming."""
 
+import io
 import json
 import os
 import textwrap
 from threading import Thread
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from transformers import TextIteratorStreamer, pipeline
 
-from modeling_bcqlm import BcQLMVisualQuestionAnsweringPipeline, pipeline_bcqlm
+from modeling_bcqlm import BcQLMVisualQuestionAnsweringPipeline, image_processing_bcqlm
+from modeling_bcqlm.export import save_hub_folder
 
-from .helpers import CORPUS, make_image, make_model_and_processor, run_without_package
+from .helpers import CORPUS, make_image, run_python
 
 
 QUESTION = "What colour is the car?"
 MAX_NEW_TOKENS = 6
-
-
-@pytest.fixture(scope="module")
-def model_and_processor():
-    return make_model_and_processor(seed=7)
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +29,10 @@ def vqa(model_and_processor):
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory, vqa):
+def folder(tmp_path_factory, model_and_processor):
+    """A Hub-ready folder of the tiny model."""
     path = tmp_path_factory.mktemp("bcqlm")
-    vqa.save_pretrained(path)
+    save_hub_folder(*model_and_processor, path)
     return path
 
 
@@ -187,14 +187,29 @@ def test_path_and_url_inputs_answer_like_the_pil_image(tmp_path, monkeypatch, vq
 
     fetched = []
 
-    def fake_load_image(source, timeout=None):
-        fetched.append((source, timeout))
-        return image
+    def fake_fetch_url(url, timeout):
+        fetched.append((url, timeout))
+        return io.BytesIO((tmp_path / "image.png").read_bytes())
 
-    monkeypatch.setattr(pipeline_bcqlm, "load_image", fake_load_image)
+    monkeypatch.setattr(image_processing_bcqlm, "_fetch_url", fake_fetch_url)
     url = "https://example.com/image.png"
     assert vqa(image=url, question=QUESTION, timeout=3.0) == expected
     assert fetched == [(url, 3.0)]
+
+
+def test_image_files_are_converted_like_images_in_memory(tmp_path, vqa):
+    """A transparent PNG and a 16-bit PNG answer as the processor's conversion of the same images in memory."""
+    rgba = make_image(seed=14, mode="RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(rgba.size))  # partly transparent: composited onto white
+    sixteen_bit = Image.fromarray((np.asarray(make_image(seed=15, mode="L"), dtype=np.uint16) * 257))
+    assert sixteen_bit.mode.startswith("I;16")
+    for name, image in (("rgba.png", rgba), ("sixteen_bit.png", sixteen_bit)):
+        image.save(tmp_path / name)
+        from_file = vqa(image=str(tmp_path / name), question=QUESTION, top_k=2)
+        in_memory = vqa(image=Image.open(tmp_path / name), question=QUESTION, top_k=2)
+        wrongly_converted = vqa(image=Image.open(tmp_path / name).convert("RGB"), question=QUESTION, top_k=2)
+        assert from_file == in_memory
+        assert [r["score"] for r in from_file] != [r["score"] for r in wrongly_converted], name
 
 
 def test_errors(tmp_path, vqa):
@@ -208,14 +223,14 @@ def test_errors(tmp_path, vqa):
     with pytest.raises(ValueError, match="Input 1 has no image"):
         vqa([{"image": image, "question": QUESTION}, {"image": None, "question": QUESTION}])
     missing = str(tmp_path / "missing.png")
-    with pytest.raises(ValueError, match=r"Could not read the image .*missing\.png"):
+    with pytest.raises(ValueError, match=r"Image file .*missing\.png' does not exist"):
         vqa(image=missing, question=QUESTION)
     (tmp_path / "not_an_image.png").write_text("plain text")
-    with pytest.raises(ValueError, match=r"Could not read the image .*not_an_image\.png"):
+    with pytest.raises(ValueError, match=r"not_an_image\.png' is not an image that PIL can read"):
         vqa(image=[image, str(tmp_path / "not_an_image.png")], question=QUESTION, batch_size=2)
-    with pytest.raises(ValueError, match="Could not read the image 'int'"):
+    with pytest.raises(ValueError, match="Unsupported image of type int"):
         vqa(image=3, question=QUESTION)
-    with pytest.raises(ValueError, match=r"Could not read the image 'http://127\.0\.0\.1:9/image\.png'"):
+    with pytest.raises(ValueError, match=r"Could not fetch the image at 'http://127\.0\.0\.1:9/image\.png'"):
         vqa(image="http://127.0.0.1:9/image.png", question=QUESTION, timeout=5)
     with pytest.raises(ValueError, match="Input 0 has an empty question"):
         vqa(image=image, question="   ")
@@ -235,16 +250,33 @@ def test_errors(tmp_path, vqa):
         vqa(image=image, question=QUESTION, colour="red")
 
 
-def test_saved_folder_names_the_pipeline(tmp_path, model_and_processor, folder):
+def test_hub_folder_names_the_pipeline_and_plain_saves_do_not(tmp_path, vqa, folder):
     config = json.loads((folder / "config.json").read_text())
     entry = {"impl": "pipeline_bcqlm.BcQLMVisualQuestionAnsweringPipeline", "pt": ["AutoModelForImageTextToText"]}
     assert config["custom_pipelines"] == {"visual-question-answering": entry, "vqa": entry}
     assert {"pipeline_bcqlm.py", "modeling_bcqlm.py", "processor_config.json"} <= set(os.listdir(folder))
-    # A plain `model.save_pretrained` writes the same entries and code.
-    model, _ = model_and_processor
-    model.save_pretrained(tmp_path)
-    assert json.loads((tmp_path / "config.json").read_text())["custom_pipelines"] == config["custom_pipelines"]
-    assert (tmp_path / "pipeline_bcqlm.py").is_file()
+    # `save_pretrained` (the model's, the pipeline's) saves as transformers does: no pipeline entries, no pipeline code.
+    vqa.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert "custom_pipelines" not in config and "AutoModel" not in config["auto_map"]
+    assert (tmp_path / "modeling_bcqlm.py").is_file() and not (tmp_path / "pipeline_bcqlm.py").exists()
+
+
+def test_importing_the_package_leaves_transformers_tasks_alone(tmp_path, model_and_processor, folder):
+    """`pipeline()` treats the removed task as transformers does, unless the model's config names a pipeline."""
+    from transformers.pipelines import PIPELINE_REGISTRY, REMOVED_TASKS
+
+    assert {"visual-question-answering", "vqa"} <= set(REMOVED_TASKS)
+    assert "visual-question-answering" not in PIPELINE_REGISTRY.get_supported_tasks()
+    for part in model_and_processor:
+        part.save_pretrained(tmp_path)  # a plain folder names no pipeline
+    with pytest.raises(KeyError, match="The task vqa has been removed"):
+        pipeline("vqa", model=str(tmp_path))
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        pipeline("visual-question-answering", model=str(folder))
+    # With the package installed, the pipeline class may be named instead of loading the folder's code.
+    vqa = pipeline("visual-question-answering", model=str(folder), pipeline_class=BcQLMVisualQuestionAnsweringPipeline)
+    assert type(vqa) is BcQLMVisualQuestionAnsweringPipeline
 
 
 def test_image_text_to_text_pipeline_with_text_and_chat(model_and_processor, folder):
@@ -314,9 +346,10 @@ REMOTE_PIPELINES = textwrap.dedent(
 def test_pipelines_load_from_a_saved_folder_as_remote_code(tmp_path, vqa, folder):
     image = make_image(seed=10)
     image.save(tmp_path / "image.png")
-    result = run_without_package(
-        REMOTE_PIPELINES, folder, tmp_path / "image.png", QUESTION, MAX_NEW_TOKENS, tmp_path=tmp_path
-    )
+    result = run_python(
+        "-c", REMOTE_PIPELINES, folder, tmp_path / "image.png", QUESTION, MAX_NEW_TOKENS,
+        cwd=tmp_path, without_package=True,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     remote = json.loads(result.stdout.strip().splitlines()[-1])
     expected = vqa(image=image, question=QUESTION)

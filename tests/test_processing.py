@@ -172,7 +172,7 @@ def test_missing_path(image_processor, tmp_path):
 
 def test_text_file_is_not_an_image(image_processor, tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
-    with pytest.raises(ValueError, match=r"notes\.txt' is not an image file that PIL can read") as error:
+    with pytest.raises(ValueError, match=r"notes\.txt' is not an image that PIL can read") as error:
         image_processor(tmp_path / "notes.txt")
     assert error.value.__cause__ is not None
 
@@ -524,3 +524,16 @@ def test_default_chat_template_round_trip(processor, tmp_path):
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour?"}]}]
     assert reloaded.apply_chat_template(messages) == "<image>Question: What colour?\nAnswer:"
     assert reloaded.image_seq_length == SEQ
+
+
+def test_collators_read_images_as_the_image_processor_does(tmp_path):
+    from modeling_bcqlm.data.images import to_rgb_images
+
+    transparent = Image.new("RGBA", (4, 4), (255, 0, 0, 0))  # fully transparent red
+    white_16bit = Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16))
+    white_16bit.save(tmp_path / "white.png")
+    converted = to_rgb_images([transparent, str(tmp_path / "white.png")])
+    assert [image.mode for image in converted] == ["RGB", "RGB"]
+    # `convert("RGB")` would give black and clipped pixels.
+    assert np.asarray(converted[0]).tolist() == np.full((4, 4, 3), 255).tolist()
+    assert np.asarray(converted[1]).min() == 255

@@ -15,21 +15,17 @@ from benchmarks import count_parameters
 from examples import push_to_hub
 from modeling_bcqlm import BcQLMVisualQuestionAnsweringPipeline
 
-from .helpers import make_image, make_model_and_processor, run_without_package
+from .helpers import make_image, run_python
 
 
 ROOT = Path(__file__).resolve().parent.parent
 CARD = (ROOT / "model_card.md").read_text()
+README = (ROOT / "README.md").read_text()
 REPO_ID = "someone/bcqlm-tiny"
 CARD_IMAGE_URL = f"https://huggingface.co/{REPO_ID}/resolve/main/shapes.png"
 COMMIT_URL = f"https://huggingface.co/{REPO_ID}/commit/0123abc"
 QUESTION = "How many cats are there?"
 MAX_NEW_TOKENS = 5
-
-
-@pytest.fixture(scope="module")
-def model_and_processor():
-    return make_model_and_processor(seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +128,11 @@ def test_upload_is_one_commit_of_the_dry_run_folder(monkeypatch, capsys, tmp_pat
             return SimpleNamespace(commit_url=COMMIT_URL)
 
     monkeypatch.setattr(push_to_hub, "HfApi", FakeHfApi)
-    push_to_hub.main(["--model", str(checkpoint), "--repo_id", REPO_ID, "--private"])
+    # README's command, with a local checkpoint and this test's repository id.
+    [command] = [line for line in README.splitlines() if line.startswith("python examples/push_to_hub.py")]
+    args = command.split()[2:]
+    args[args.index("--model") + 1], args[args.index("--repo_id") + 1] = str(checkpoint), REPO_ID
+    push_to_hub.main(args)
     [create_repo, upload_folder] = calls
     assert create_repo == ("create_repo", REPO_ID, {"private": True, "exist_ok": True})
     # The uploaded folder is the one the dry run writes, file for file.
@@ -194,16 +194,10 @@ def test_export_loads_without_the_package_and_answers_alike(tmp_path, model_and_
     assert not any("://" in snippet for snippet in snippets)  # nothing to download
     (tmp_path / "snippets.json").write_text(json.dumps(snippets))
 
-    result = run_without_package(
-        REMOTE_EXPORT,
-        exported,
-        image_path,
-        QUESTION,
-        MAX_NEW_TOKENS,
-        tmp_path / "snippets.json",
-        tmp_path / "out",
-        tmp_path=tmp_path,
-    )
+    result = run_python(
+        "-c", REMOTE_EXPORT, exported, image_path, QUESTION, MAX_NEW_TOKENS, tmp_path / "snippets.json", tmp_path / "out",
+        cwd=tmp_path, without_package=True,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     remote = json.loads((tmp_path / "out").read_text())
 

@@ -4,7 +4,9 @@ import pytest
 import torch
 from transformers import AutoModel, BitsAndBytesConfig
 
-from .helpers import make_image, make_model_and_processor
+from modeling_bcqlm import BcQLMForConditionalGeneration, BcQLMProcessor
+
+from .helpers import make_image
 
 
 bnb = pytest.importorskip("bitsandbytes")
@@ -19,14 +21,13 @@ QUANTIZATION_CONFIGS = {
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("bcqlm")
-    model, processor = make_model_and_processor(std=0.05)
-    model.save_pretrained(folder)
+def saved(bcqlm_folder):
+    model = BcQLMForConditionalGeneration.from_pretrained(bcqlm_folder)
+    processor = BcQLMProcessor.from_pretrained(bcqlm_folder)
     inputs = processor(images=make_image(), text="What colour is the car?", return_tensors="pt")
     with torch.no_grad():
         logits = model(**inputs).logits
-    return folder, inputs, logits, model.get_memory_footprint()
+    return bcqlm_folder, inputs, logits, model.get_memory_footprint()
 
 
 def linear_types(model) -> dict[str, str]:

@@ -1,13 +1,13 @@
 """README's commands: the test command is what CI runs; the parameter table and benchmarks reproduce (the main command: test_default_model.py)."""
 
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from .helpers import run_python
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,13 +19,12 @@ def bash_blocks() -> list[str]:
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return run_python(*args, cwd=ROOT)
 
 
 def run_benchmark_command(script: str, output: Path, *extra: str) -> dict:
-    """Run README's command for `benchmarks/<script>` with its JSON written to `output` (and `extra` arguments)."""
-    (command,) = [block for block in bash_blocks() if block.startswith(f"python benchmarks/{script}")]
+    """Run README's command for `benchmarks.<script>` with its JSON written to `output` (and `extra` arguments)."""
+    (command,) = [block for block in bash_blocks() if block.startswith(f"python -m benchmarks.{script} ")]
     args = command.split()[1:]
     args[args.index("--output") + 1] = str(output)
     if "--markdown" in args:
@@ -52,7 +51,7 @@ def test_parameter_table_matches_the_benchmark_script():
 
 def test_benchmark_command_runs_on_tiny_models(tmp_path):
     quick = ["--tiny", "--repeats", "1", "--new-tokens", "3", "--no-quantization", "--quiet-timeout", "0", "--in-process"]
-    results = run_benchmark_command("compare_peers.py", tmp_path / "results.json", *quick)
+    results = run_benchmark_command("compare_peers", tmp_path / "results.json", *quick)
     assert set(results["models"]) >= {"bcqlm", "llava", "smolvlm"}
 
 
@@ -68,7 +67,7 @@ def test_multi_question_benchmark_gives_the_same_answers(tmp_path):
 def test_quantized_accuracy_command_on_a_few_test_images(tmp_path):
     pytest.importorskip("bitsandbytes")
     results = run_benchmark_command(
-        "quantized_accuracy.py", tmp_path / "results.json", "--test_images", "12", "--storages", "fp32,int8,nf4"
+        "quantized_accuracy", tmp_path / "results.json", "--test_images", "12", "--storages", "fp32,int8,nf4"
     )
     summary = results["summary"]
     assert summary["fp32"]["test"]["count"] == 60 and summary["fp32"]["test"]["same_answer_as_fp32"] == 1.0
@@ -79,12 +78,12 @@ def test_quantized_accuracy_command_on_a_few_test_images(tmp_path):
         assert summary[storage]["test"]["same_answer_as_fp32"] >= 0.9, summary[storage]["test"]
         change = summary[storage]["test"]["accuracy"] - summary["fp32"]["test"]["accuracy"]
         assert summary[storage]["test"]["accuracy_change_vs_fp32"] == pytest.approx(change)
-    assert run("benchmarks/quantized_accuracy.py", "--storages", "int8,nf4").returncode == 2  # no fp32 reference
+    assert run("-m", "benchmarks.quantized_accuracy", "--storages", "int8,nf4").returncode == 2  # no fp32 reference
 
 
 def test_image_ablation_command_on_a_few_test_images(tmp_path):
     output = tmp_path / "results.json"
-    results = run_benchmark_command("image_ablation.py", output, "--test_images", "40", "--threads", "1")
+    results = run_benchmark_command("image_ablation", output, "--test_images", "40", "--threads", "1")
     summary = results["summary"]
     assert list(summary) == ["own scene", "another scene", "empty scene"]
     own, other = summary["own scene"], summary["another scene"]

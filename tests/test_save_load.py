@@ -8,7 +8,7 @@ from safetensors.torch import load_file, save_file
 
 from modeling_bcqlm import BcQLMForConditionalGeneration
 
-from .helpers import run_without_package
+from .helpers import run_python
 from .test_modeling import make_inputs, make_model
 
 
@@ -17,7 +17,7 @@ REMOTE_LOAD = textwrap.dedent(
     import sys
     import torch
     from safetensors.torch import load_file, save_file
-    from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     folder, inputs_file, out_file = sys.argv[1:4]
     try:
@@ -28,15 +28,12 @@ REMOTE_LOAD = textwrap.dedent(
     config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
     assert type(config).__module__.startswith("transformers_modules."), type(config).__module__
     inputs = load_file(inputs_file)
-    outputs = {}
-    for name, auto_class in (("auto_model", AutoModel), ("image_text_to_text", AutoModelForImageTextToText)):
-        model = auto_class.from_pretrained(folder, trust_remote_code=True).eval()
-        assert type(model).__name__ == "BcQLMForConditionalGeneration", type(model)
-        assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
-        with torch.no_grad():
-            outputs[name] = model(**inputs).logits
-        outputs[name + "_generated"] = model.generate(**inputs, max_new_tokens=5, do_sample=False)
-    save_file(outputs, out_file)
+    model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True).eval()
+    assert type(model).__name__ == "BcQLMForConditionalGeneration", type(model)
+    assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    save_file({"logits": logits, "generated": model.generate(**inputs, max_new_tokens=5, do_sample=False)}, out_file)
     """
 )
 
@@ -54,16 +51,16 @@ def test_round_trip_gives_identical_logits(tmp_path):
     assert loaded.lm_head.weight is loaded.model.language_model.embed_tokens.weight
 
 
-def test_saved_folder_is_hub_remote_code(tmp_path):
+def test_saved_folder_is_remote_code_as_for_any_registered_class(tmp_path):
     make_model().save_pretrained(tmp_path)
     files = set(os.listdir(tmp_path))
     assert {"config.json", "model.safetensors", "configuration_bcqlm.py", "modeling_bcqlm.py"} <= files
     assert not any(name.endswith((".bin", ".pth", ".pt")) for name in files)
     assert "__init__.py" not in files  # Hub code folders are flat
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    # The classes' registered Auto classes only; `save_hub_folder` adds `AutoModel` and the pipeline.
     assert auto_map == {
         "AutoConfig": "configuration_bcqlm.BcQLMConfig",
-        "AutoModel": "modeling_bcqlm.BcQLMForConditionalGeneration",
         "AutoModelForImageTextToText": "modeling_bcqlm.BcQLMForConditionalGeneration",
     }
     # Remote code may only import its siblings relatively.
@@ -77,15 +74,14 @@ def test_remote_code_loads_without_the_package(tmp_path):
     model.save_pretrained(folder)
     inputs = make_inputs()
     save_file(inputs, tmp_path / "inputs.safetensors")
-    result = run_without_package(
-        REMOTE_LOAD, folder, tmp_path / "inputs.safetensors", tmp_path / "out", tmp_path=tmp_path
+    result = run_python(
+        "-c", REMOTE_LOAD, folder, tmp_path / "inputs.safetensors", tmp_path / "out", cwd=tmp_path, without_package=True
     )
     assert result.returncode == 0, result.stderr[-3000:]
     outputs = load_file(tmp_path / "out")
     with torch.no_grad():
         expected = model(**inputs).logits
     expected_generated = model.generate(**inputs, max_new_tokens=5, do_sample=False)
-    for name in ("auto_model", "image_text_to_text"):
-        # Another process may pick other CPU kernels (reduction order): equal to float rounding, not bit for bit.
-        torch.testing.assert_close(outputs[name], expected, rtol=1e-5, atol=1e-5)
-        assert torch.equal(outputs[name + "_generated"], expected_generated)
+    # Another process may pick other CPU kernels (reduction order): equal to float rounding, not bit for bit.
+    torch.testing.assert_close(outputs["logits"], expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(outputs["generated"], expected_generated)

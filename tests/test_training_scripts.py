@@ -1,12 +1,9 @@
 """The training and evaluation scripts of `examples/`, end to end on tiny models and generated data."""
 
 import json
-import os
 import re
 import shutil
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +20,7 @@ from modeling_bcqlm.testing.tiny_models import (
     tiny_breezeclip_config,
 )
 
-from .helpers import make_image, make_model_and_processor
+from .helpers import make_image, run_python
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,15 +50,6 @@ def data(tmp_path_factory) -> Path:
     for name, rows in [("captions.jsonl", captions), ("vqa.jsonl", questions)]:
         (root / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
     return root
-
-
-@pytest.fixture(scope="module")
-def bcqlm_folder(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("bcqlm")
-    model, processor = make_model_and_processor(std=0.05)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
 
 
 def test_distill_breezeclip_script_trains_saves_and_resumes(tmp_path, data):
@@ -191,15 +179,14 @@ def free_port() -> int:
 def launch_two_processes(script: str, *args: str, cwd: Path) -> None:
     """`accelerate launch` a script in two CPU processes (DDP over gloo)."""
     command = [
-        sys.executable, "-m", "accelerate.commands.launch",
+        "-m", "accelerate.commands.launch",
         # accelerate's `--cpu` launcher starts one process (several need mpirun); `--multi_gpu` starts them with
         # torchrun, and the scripts' `--use_cpu` (or a machine without GPUs) makes them CPU processes.
         "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         "--main_process_port", str(free_port()),
         str(REPO / "examples" / script), *args,
     ]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    completed = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    completed = run_python(*command, cwd=cwd, OMP_NUM_THREADS="1")
     assert completed.returncode == 0, completed.stderr[-4000:]
 
 
@@ -241,7 +228,8 @@ def test_readme_training_commands_run(tmp_path, data, bcqlm_folder):
     """README's training commands, with the Hub ids swapped for tiny local folders and a few steps."""
     readme = (REPO / "README.md").read_text()
     commands = [block.strip() for block in re.findall(r"```bash\n(.*?)```", readme, re.DOTALL)]
-    commands = [command for command in commands if command.startswith("python examples/")]
+    # push_to_hub's command: test_push_to_hub.py
+    commands = [command for command in commands if re.match(r"python examples/(?!push_to_hub)", command)]
     assert [command.split()[1] for command in commands] == [
         "examples/distill_breezeclip.py",
         "examples/train_vqa.py",
@@ -265,14 +253,7 @@ def test_readme_training_commands_run(tmp_path, data, bcqlm_folder):
     }  # fmt: skip
     for command in commands:
         args = [replacements.get(arg, arg) for arg in command.split()[1:]]
-        completed = subprocess.run(
-            [sys.executable, str(REPO / args[0]), *args[1:], *extra_args[args[0]]],
-            cwd=tmp_path / "work",
-            env=dict(os.environ, HF_HUB_OFFLINE="1"),
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        completed = run_python(REPO / args[0], *args[1:], *extra_args[args[0]], cwd=tmp_path / "work")
         assert completed.returncode == 0, f"{command}\n{completed.stderr[-3000:]}"
     assert isinstance(AutoModel.from_pretrained(tmp_path / "work" / "breezeclip"), BreezeCLIPModel)
     assert json.loads((tmp_path / "work" / "eval" / "results.json").read_text())["count"] == 12

@@ -4,7 +4,7 @@ The `bcqlm` console command.
     bcqlm ask --image scene.png --question "how many shapes are there?"
     bcqlm ask --image https://example.com/photo.jpg --question "what colour is the car?" --model org/bcqlm --top_k 3
 
-`ask` answers with the visual-question-answering pipeline; the model defaults to the small BcQLM shipped with the
+`ask` answers with BcQLM's visual-question-answering pipeline; the model defaults to the small BcQLM shipped with the
 package (`modeling_bcqlm.DEFAULT_MODEL`, trained on synthetic shape scenes).
 """
 
@@ -35,20 +35,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args.question.strip():
         sys.exit("bcqlm: error: --question is empty: write the question about the image.")
 
-    from transformers import pipeline
+    from transformers import AutoModelForImageTextToText, AutoProcessor
     from transformers.utils import logging
 
-    from .. import DEFAULT_MODEL
+    from .. import DEFAULT_MODEL, BcQLMVisualQuestionAnsweringPipeline
 
     logging.disable_progress_bar()  # loading a model of a few MB needs none; the command prints the answer only
 
+    model_path = args.model or DEFAULT_MODEL
     try:
-        vqa = pipeline(
-            "visual-question-answering",
-            model=args.model or DEFAULT_MODEL,
-            device=args.device,
-            trust_remote_code=args.trust_remote_code,
-        )
+        model = AutoModelForImageTextToText.from_pretrained(model_path, trust_remote_code=args.trust_remote_code)
+        processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=args.trust_remote_code)
+        vqa = BcQLMVisualQuestionAnsweringPipeline(model=model, processor=processor, device=args.device)
         answers = vqa(image=args.image, question=args.question, top_k=args.top_k, max_new_tokens=args.max_new_tokens)
     except (OSError, ValueError) as error:  # a missing model or image, an unreadable file, a bad device
         sys.exit(f"bcqlm: error: {error}")

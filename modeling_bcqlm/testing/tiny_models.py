@@ -1,26 +1,22 @@
 """Build a tiny, randomly initialised BcQLM (model + processor) offline: tokenizers trained in memory on a few
 sentences, hidden sizes <= 64. Used by the tests and benchmarks; the same code paths serve real checkpoints."""
 
-import re
-
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     BertTokenizer,
     CLIPConfig,
     CLIPImageProcessorPil,
     CLIPModel,
     CLIPProcessor,
-    CLIPTokenizer,
     PreTrainedTokenizerFast,
 )
 
 from ..configuration_bcqlm import BcQLMConfig, BreezeCLIPConfig
+from ..data.tokenizers import PAD, train_clip_tokenizer, train_decoder_tokenizer, word_level_question_tokenizer
 from ..image_processing_bcqlm import BcQLMImageProcessor
 from ..modeling_bcqlm import BcQLMForConditionalGeneration
 from ..processing_bcqlm import BcQLMProcessor
 
 
-BOS, EOS, PAD = "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>"
 TINY_IMAGE_SIZE = 64  # MobileViT downsamples by 32: a 2x2 map, 4 visual tokens
 
 CORPUS = [
@@ -43,38 +39,13 @@ CORPUS = [
 
 
 def make_decoder_tokenizer(pad_token: str | None = PAD) -> PreTrainedTokenizerFast:
-    """
-    A tiny Llama-3-like byte-level BPE tokenizer (vocab 400) that prepends `<|begin_of_text|>`; `pad_token=None`
-    leaves the padding token out, as in Llama-3.
-    """
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=[BOS, EOS] + ([pad_token] if pad_token else []),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(CORPUS, trainer)
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, tokenizer.token_to_id(BOS))]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=pad_token,
-        model_max_length=128,
-        model_input_names=["input_ids", "attention_mask"],
-    )
+    """A tiny Llama-3-like byte-level BPE tokenizer (vocab 400); `pad_token=None` leaves the padding token out."""
+    return train_decoder_tokenizer(CORPUS, vocab_size=400, pad_token=pad_token)
 
 
 def make_question_tokenizer() -> BertTokenizer:
     """A lower-case WordPiece `BertTokenizer` whose vocabulary is the corpus's words and punctuation."""
-    words = sorted({word for line in CORPUS for word in re.findall(r"\w+|[^\w\s]", line.lower())})
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
-    return BertTokenizer(vocab={token: index for index, token in enumerate(tokens)}, model_max_length=32)
+    return word_level_question_tokenizer(CORPUS)
 
 
 def make_processor(image_size: int = TINY_IMAGE_SIZE, image_seq_length: int = 4) -> BcQLMProcessor:
@@ -168,10 +139,8 @@ def make_breezeclip_processing(image_size: int = TINY_IMAGE_SIZE) -> tuple[BcQLM
 
 def make_tiny_clip_teacher(projection_dim: int = 20, image_size: int = 32) -> tuple[CLIPModel, CLIPProcessor]:
     """A tiny random `CLIPModel` teacher and its `CLIPProcessor` (a byte-level CLIP tokenizer without merges)."""
-    specials = ["<|startoftext|>", "<|endoftext|>"]
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {token: index for index, token in enumerate(specials + sorted(alphabet) + sorted(a + "</w>" for a in alphabet))}
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=32)
+    tokenizer = train_clip_tokenizer(model_max_length=32)
+    vocab = tokenizer.get_vocab()
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
@@ -183,9 +152,9 @@ def make_tiny_clip_teacher(projection_dim: int = 20, image_size: int = 32) -> tu
             "num_hidden_layers": 2,
             "num_attention_heads": 2,
             "max_position_embeddings": 32,
-            "bos_token_id": vocab[specials[0]],
-            "eos_token_id": vocab[specials[1]],
-            "pad_token_id": vocab[specials[1]],
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.eos_token_id,
         },
         vision_config={
             "hidden_size": 32,
