@@ -1,7 +1,9 @@
 """BreezeCLIP and BcQLM model configurations."""
 
 import math
+from typing import Literal
 
+from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
@@ -36,20 +38,14 @@ MOBILEVIT_S_KWARGS = {"image_size": 224}
 
 VISION_FEATURE_MODES = ("patch", "pooled")
 QUESTION_FEATURE_MODES = ("tokens", "pooled")
-GATE_TYPES = ("token", "channel")
-QUESTION_POOLINGS = ("cls", "mean")
 
 
-def _check_choice(name: str, value, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {list(choices)}, got {value!r}.")
-
-
-def _check_positive(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+def _check_positive(name: str, value: int) -> None:
+    if value <= 0:
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
 
 
+@strict
 class BreezeCLIPConfig(PreTrainedConfig):
     r"""
     Configuration of [`BreezeCLIPModel`], the compact dual encoder of BcQLM (stage 1).
@@ -83,8 +79,8 @@ class BreezeCLIPConfig(PreTrainedConfig):
     logit_scale_init_value: float = math.log(1 / 0.07)
     initializer_range: float = 0.02
 
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
+    def validate_architecture(self):
+        """Part of `@strict`-powered validation."""
         _check_positive("projection_dim", self.projection_dim)
         if not math.isfinite(self.logit_scale_init_value):
             raise ValueError(f"`logit_scale_init_value` must be finite, got {self.logit_scale_init_value!r}.")
@@ -102,6 +98,7 @@ class BreezeCLIPConfig(PreTrainedConfig):
         return self.vision_config.hidden_size
 
 
+@strict
 class BcQLMQGCAMConfig(PreTrainedConfig):
     r"""
     Configuration of the question-gated cross-modal attention module (Q-GCAM). Its width is the decoder's hidden size.
@@ -125,20 +122,19 @@ class BcQLMQGCAMConfig(PreTrainedConfig):
     base_config_key = "qgcam_config"
 
     num_attention_heads: int = 8
-    gate_type: str = "token"
-    question_pooling: str = "cls"
+    gate_type: Literal["token", "channel"] = "token"
+    question_pooling: Literal["cls", "mean"] = "cls"
     dropout: float = 0.0
     layer_norm_eps: float = 1e-5
 
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
+    def validate_architecture(self):
+        """Part of `@strict`-powered validation."""
         _check_positive("qgcam_config.num_attention_heads", self.num_attention_heads)
-        _check_choice("qgcam_config.gate_type", self.gate_type, GATE_TYPES)
-        _check_choice("qgcam_config.question_pooling", self.question_pooling, QUESTION_POOLINGS)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"`qgcam_config.dropout` must be in [0, 1), got {self.dropout!r}.")
 
 
+@strict
 class BcQLMConfig(PreTrainedConfig):
     r"""
     Configuration of [`BcQLMForConditionalGeneration`]. The defaults are the paper's 1.2B model: MobileViT-S and
@@ -187,8 +183,8 @@ class BcQLMConfig(PreTrainedConfig):
     qgcam_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
     image_token_id: int = 128256
-    vision_feature_mode: str = "patch"
-    question_feature_mode: str = "tokens"
+    vision_feature_mode: Literal["patch", "pooled"] = "patch"
+    question_feature_mode: Literal["tokens", "pooled"] = "tokens"
     normalize_features: bool = False
     image_seq_length: int | None = None
     tie_word_embeddings: bool = True
@@ -197,31 +193,29 @@ class BcQLMConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         self.tie_word_embeddings = self.text_config.tie_word_embeddings
-        _check_choice("vision_feature_mode", self.vision_feature_mode, VISION_FEATURE_MODES)
-        _check_choice("question_feature_mode", self.question_feature_mode, QUESTION_FEATURE_MODES)
-        if not isinstance(self.image_token_id, int) or self.image_token_id < 0:
+        if self.image_seq_length is None:
+            self.image_seq_length = self._derive_image_seq_length()
+
+    def validate_architecture(self):
+        """Part of `@strict`-powered validation: the parts fit together."""
+        if self.image_token_id < 0:
             raise ValueError(f"`image_token_id` must be a non-negative integer, got {self.image_token_id!r}.")
         pad_token_id = self.text_config.pad_token_id
         if pad_token_id is not None and pad_token_id == self.image_token_id:
             raise ValueError(f"`image_token_id` ({self.image_token_id}) must differ from the decoder's pad token id.")
-
-        hidden_size = self.text_config.hidden_size
-        num_heads = self.qgcam_config.num_attention_heads
+        hidden_size, num_heads = self.text_config.hidden_size, self.qgcam_config.num_attention_heads
         if hidden_size % num_heads != 0:
             raise ValueError(
                 f"The decoder's hidden size ({hidden_size}) must be divisible by "
                 f"`qgcam_config.num_attention_heads` ({num_heads})."
             )
-
-        expected = self._derive_image_seq_length()
         if self.image_seq_length is None:
-            if expected is None:
-                raise ValueError(
-                    f"Cannot derive the number of visual tokens for a `{self.breezeclip_config.vision_config.model_type}`"
-                    " image tower: pass `image_seq_length`."
-                )
-            self.image_seq_length = expected
+            raise ValueError(
+                f"Cannot derive the number of visual tokens for a `{self.breezeclip_config.vision_config.model_type}`"
+                " image tower: pass `image_seq_length`."
+            )
         _check_positive("image_seq_length", self.image_seq_length)
+        expected = self._derive_image_seq_length()
         if expected is not None and self.image_seq_length != expected:
             raise ValueError(
                 f"`image_seq_length={self.image_seq_length}` does not match the image tower, which gives {expected} "

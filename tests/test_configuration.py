@@ -1,5 +1,6 @@
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, LlamaConfig, MobileBertConfig, MobileViTConfig
 
 from modeling_bcqlm import BcQLMConfig, BcQLMForConditionalGeneration, BcQLMQGCAMConfig, BreezeCLIPConfig
@@ -92,6 +93,7 @@ def _without_path(config_dict: dict) -> dict:
         ({"vision_feature_mode": "grid"}, "vision_feature_mode"),
         ({"question_feature_mode": "cls"}, "question_feature_mode"),
         ({"image_token_id": -1}, "image_token_id"),
+        ({"image_token_id": "32000"}, "image_token_id"),
         ({"image_seq_length": 5}, "image_seq_length=5"),
         ({"image_seq_length": 0}, "image_seq_length"),
         ({"qgcam_config": {"num_attention_heads": 5}}, "divisible"),
@@ -101,13 +103,14 @@ def _without_path(config_dict: dict) -> dict:
         ({"qgcam_config": {"num_attention_heads": 0}}, "num_attention_heads"),
     ],
 )
-def test_bad_values_raise_value_error(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_values_are_refused_by_strict_validation(kwargs, message):
+    # `@strict` configs, as transformers' own: type and `Literal` checks per field, then `validate_architecture`.
+    with pytest.raises(StrictDataclassError, match=message):
         tiny_bcqlm_config(**kwargs)
 
 
 def test_image_token_must_not_be_the_pad_token():
-    with pytest.raises(ValueError, match="pad token"):
+    with pytest.raises(StrictDataclassError, match="pad token"):
         tiny_bcqlm_config(image_token_id=2)  # the tiny decoder's pad id
 
 
@@ -119,6 +122,6 @@ def test_image_token_must_not_be_the_pad_token():
         ({"vision_config": {"model_type": "mobilevit", "image_size": 100}}, "multiple of 32"),
     ],
 )
-def test_bad_breezeclip_values_raise_value_error(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_breezeclip_values_are_refused_by_strict_validation(kwargs, message):
+    with pytest.raises(StrictDataclassError, match=message):
         BreezeCLIPConfig(**kwargs)
