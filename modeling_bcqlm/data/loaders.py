@@ -95,37 +95,7 @@ def load_vqav2(
         )
     image_split = VQAV2_IMAGE_SPLITS.get(data_subtype, data_subtype)
 
-    annotations = {}
-    if annotations_file is not None:
-        annotations_data = _load_json(annotations_file)
-        if not (isinstance(annotations_data, dict) and isinstance(annotations_data.get("annotations"), list)):
-            raise ValueError(
-                f"{annotations_file} is not a VQAv2 annotations file: expected a JSON object with an 'annotations' "
-                f"list, found {_describe_layout(annotations_data)}."
-            )
-        _check_keys(
-            annotations_data["annotations"],
-            ("question_id", "image_id", "answers", "multiple_choice_answer"),
-            annotations_file,
-            "annotations",
-        )
-        annotations = {annotation["question_id"]: annotation for annotation in annotations_data["annotations"]}
-        unmatched = [q["question_id"] for q in questions if q["question_id"] not in annotations]
-        if unmatched:
-            raise ValueError(
-                f"{len(unmatched)} of the {len(questions)} questions in {questions_file} have no annotation in "
-                f"{annotations_file} (question ids {unmatched[:NUM_PATHS_REPORTED]}...): pass the annotations file "
-                "of the same split."
-            )
-        mismatched = [
-            q["question_id"] for q in questions if q["image_id"] != annotations[q["question_id"]]["image_id"]
-        ]
-        if mismatched:
-            raise ValueError(
-                f"{len(mismatched)} questions in {questions_file} have another image id in {annotations_file} "
-                f"(question ids {mismatched[:NUM_PATHS_REPORTED]}...): the two files do not belong together."
-            )
-
+    annotations = {} if annotations_file is None else _load_vqav2_annotations(annotations_file, questions, questions_file)
     rows = []
     for question in questions:
         annotation = annotations.get(question["question_id"], {})
@@ -140,6 +110,39 @@ def load_vqav2(
             }
         )
     return _build_dataset(rows, on_missing_image)
+
+
+def _load_vqav2_annotations(annotations_file: str, questions: list[dict], questions_file: str) -> dict[int, dict]:
+    """The VQAv2 annotations by question id, checked to cover `questions` with the same image ids."""
+    annotations_data = _load_json(annotations_file)
+    if not (isinstance(annotations_data, dict) and isinstance(annotations_data.get("annotations"), list)):
+        raise ValueError(
+            f"{annotations_file} is not a VQAv2 annotations file: expected a JSON object with an 'annotations' "
+            f"list, found {_describe_layout(annotations_data)}."
+        )
+    _check_keys(
+        annotations_data["annotations"],
+        ("question_id", "image_id", "answers", "multiple_choice_answer"),
+        annotations_file,
+        "annotations",
+    )
+    annotations = {annotation["question_id"]: annotation for annotation in annotations_data["annotations"]}
+    unmatched = [q["question_id"] for q in questions if q["question_id"] not in annotations]
+    if unmatched:
+        raise ValueError(
+            f"{len(unmatched)} of the {len(questions)} questions in {questions_file} have no annotation in "
+            f"{annotations_file} (question ids {unmatched[:NUM_PATHS_REPORTED]}...): pass the annotations file "
+            "of the same split."
+        )
+    mismatched = [
+        q["question_id"] for q in questions if q["image_id"] != annotations[q["question_id"]]["image_id"]
+    ]
+    if mismatched:
+        raise ValueError(
+            f"{len(mismatched)} questions in {questions_file} have another image id in {annotations_file} "
+            f"(question ids {mismatched[:NUM_PATHS_REPORTED]}...): the two files do not belong together."
+        )
+    return annotations
 
 
 def load_gqa(questions_file: str, image_root: str, *, on_missing_image: str = "raise") -> Dataset:
