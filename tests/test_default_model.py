@@ -46,8 +46,8 @@ def bcqlm_command() -> str:
     return command
 
 
-def run_bcqlm(*args, cwd) -> subprocess.CompletedProcess:
-    return run_python(*args, cwd=cwd, executable=bcqlm_command())
+def run_bcqlm(*args, cwd, **env) -> subprocess.CompletedProcess:
+    return run_python(*args, cwd=cwd, executable=bcqlm_command(), **env)
 
 
 def test_example_image_is_the_synthetic_scene(example):
@@ -187,9 +187,17 @@ def test_loading_and_answering_prints_nothing_but_the_answer(tmp_path, example):
     assert result.stderr == ""
     assert result.stdout.splitlines() == [questions[question]] * 3
 
+    # The command says once, on stderr, what the bundled model knows; a flag or the environment silences it.
     cli = run_bcqlm("ask", "--image", EXAMPLE_IMAGE, "--question", question, cwd=tmp_path)
-    assert cli.returncode == 0 and cli.stderr == "", cli.stderr[-3000:]
-    assert cli.stdout == questions[question] + "\n"
+    assert cli.returncode == 0 and cli.stdout == questions[question] + "\n", cli.stderr[-3000:]
+    [notice] = cli.stderr.splitlines()
+    assert "only synthetic scenes" in notice and "--no_notice" in notice and "BCQLM_NO_NOTICE=1" in notice
+    for silenced in (
+        run_bcqlm("ask", "--image", EXAMPLE_IMAGE, "--question", question, "--no_notice", cwd=tmp_path),
+        run_bcqlm("ask", "--image", EXAMPLE_IMAGE, "--question", question, cwd=tmp_path, BCQLM_NO_NOTICE="1"),
+    ):
+        assert silenced.returncode == 0 and silenced.stderr == "", silenced.stderr[-3000:]
+        assert silenced.stdout == questions[question] + "\n"
 
 
 def test_bcqlm_ask_top_k_prints_scored_answers(tmp_path, example):

@@ -5,11 +5,20 @@ The `bcqlm` console command.
     bcqlm ask --image https://example.com/photo.jpg --question "what colour is the car?" --model org/bcqlm --top_k 3
 
 `ask` answers with BcQLM's visual-question-answering pipeline; the model defaults to the small BcQLM shipped with the
-package (`modeling_bcqlm.DEFAULT_MODEL`, trained on synthetic shape scenes).
+package (`modeling_bcqlm.DEFAULT_MODEL`, trained on synthetic shape scenes), and then says so once on stderr
+(`--no_notice` or `BCQLM_NO_NOTICE=1` silences it).
 """
 
 import argparse
+import os
 import sys
+
+
+DEFAULT_MODEL_NOTICE = (
+    "bcqlm: note: the bundled model knows only synthetic scenes of circles, squares and triangles in five colours on a "
+    "plain background; about other images its answers mean nothing. Pass --model for another BcQLM "
+    "(--no_notice or BCQLM_NO_NOTICE=1 hides this note)."
+)
 
 
 def _parse_args(argv):
@@ -25,6 +34,7 @@ def _parse_args(argv):
     ask.add_argument("--max_new_tokens", type=int, default=16, help="The longest answer, in decoder tokens.")
     ask.add_argument("--device", default="cpu", help="Where the model runs: 'cpu', 'cuda', 'cuda:1', ...")
     ask.add_argument("--trust_remote_code", action="store_true", help="Allow code from a Hub model repository.")
+    ask.add_argument("--no_notice", action="store_true", help="Do not print the bundled model's note on stderr.")
     return parser.parse_args(argv)
 
 
@@ -43,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.disable_progress_bar()  # loading a model of a few MB needs none; the command prints the answer only
 
     model_path = args.model or DEFAULT_MODEL
+    if args.model is None and not (args.no_notice or os.environ.get("BCQLM_NO_NOTICE", "") not in ("", "0")):
+        print(DEFAULT_MODEL_NOTICE, file=sys.stderr)
     try:
         model = AutoModelForImageTextToText.from_pretrained(model_path, trust_remote_code=args.trust_remote_code)
         processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=args.trust_remote_code)
