@@ -1,11 +1,14 @@
 """Building blocks of `benchmarks/compare_peers.py` and `benchmarks/gpu_peers.py` (`benchmarks/lib`: the peers' shapes,
 the forced token count, the fast random init, the derived results and tables, and one tiny end-to-end run; no timing
-assertions) and of `benchmarks/oracle_readout.py`."""
+assertions) and of `benchmarks/oracle_readout.py` and `benchmarks/stage_probes.py`."""
 
 import copy
+import dataclasses
 import json
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,8 +23,19 @@ from benchmarks.lib.report import jsonable, write_markdown
 from benchmarks.lib.sizes import parameter_counts
 from benchmarks.lib.system import run_isolated
 from benchmarks.lib.timing import StepClock
-from modeling_bcqlm import BcQLMConfig
-from modeling_bcqlm.data.synthetic_shapes import make_synthetic_vqa
+from benchmarks.stage_probes import NEGATIVE_KINDS, caption_template, hard_negatives
+from modeling_bcqlm import BcQLMConfig, BcQLMForConditionalGeneration, BcQLMProcessor
+from modeling_bcqlm.data.synthetic_shapes import (
+    HELD_OUT_COMBINATIONS,
+    MIN_IMAGE_SIZE,
+    NUMBER_WORDS,
+    format_caption,
+    make_synthetic_captions,
+    make_synthetic_scenes,
+    make_synthetic_vqa,
+    render_scene,
+)
+from modeling_bcqlm.testing.tiny_models import make_tiny_clip_teacher
 
 
 def test_full_size_peers_have_the_requested_shapes():
@@ -257,3 +271,115 @@ def test_gpu_benchmark_without_a_gpu_says_so(capsys):
     with pytest.raises(SystemExit):
         gpu_peers.parse_args(["--device", "cuda"])
     assert "no CUDA device is visible" in capsys.readouterr().err
+
+
+def _caption_phrases(caption: str) -> list[tuple[str, str, str]]:
+    """The (size, colour, shape) of each object a synthetic caption names, left to right."""
+    return re.findall(r"a (small|large) (\w+) (circle|square|triangle)", caption)
+
+
+def test_stage_probe_scenes_are_those_of_the_datasets():
+    scenes = make_synthetic_scenes(4, seed=2, split="test")
+    assert [caption for _, caption in scenes] == make_synthetic_captions(4, seed=2, split="test")["caption"]
+    vqa = make_synthetic_vqa(4, seed=2, split="test")
+    image_by_scene = {scene_json: image for scene_json, image in zip(vqa["scene"], vqa["image"])}
+    for scene, caption in scenes:
+        image = image_by_scene[json.dumps([dataclasses.asdict(obj) for obj in scene])]
+        assert np.array_equal(np.asarray(render_scene(scene)), np.asarray(image.convert("RGB")))
+        assert format_caption(scene, caption_template(scene, caption)) == caption
+
+
+def test_stage_probe_hard_negatives_change_exactly_one_thing():
+    scenes, captions = map(list, zip(*make_synthetic_scenes(40, seed=1, split="test", held_out_fraction=0.5)))
+    negatives = hard_negatives(scenes, captions, np.random.default_rng(0), MIN_IMAGE_SIZE, per_kind=2)
+    assert set(negatives) == set(NEGATIVE_KINDS)
+    for kind in ("colour", "shape", "size", "count"):  # every scene allows these
+        assert sorted(index for index, _ in negatives[kind]) == sorted(2 * list(range(len(scenes))))
+    swappable = [index for index, scene in enumerate(scenes) if len(set(_caption_phrases(captions[index]))) > 1]
+    assert sorted({index for index, _ in negatives["swap"]}) == swappable
+    for kind, pairs in negatives.items():
+        for index, negative in pairs:
+            if kind == "other scene":
+                assert negative == captions[(index + 1) % len(captions)]
+                continue
+            true, changed = _caption_phrases(captions[index]), _caption_phrases(negative)
+            assert changed != true
+            # The template stays; the "{number}: " one names the new count.
+            template = caption_template(scenes[index], captions[index])
+            prefix = template.split("{")[0] or (NUMBER_WORDS[len(changed) - 1] + ":" if "{number}" in template else "")
+            assert negative.startswith(prefix)
+            if kind in ("colour", "shape", "size"):
+                assert len(changed) == len(true)
+                (old, new), = [(a, b) for a, b in zip(true, changed) if a != b]
+                assert [position for position in range(3) if old[position] != new[position]] == [
+                    ("size", "colour", "shape").index(kind)
+                ]
+                assert (new[2], new[1]) not in HELD_OUT_COMBINATIONS or kind == "size"  # no new held-out one
+            elif kind == "count":
+                longer, shorter = (true, changed) if len(true) > len(changed) else (changed, true)
+                assert len(longer) == len(shorter) + 1
+                assert any(longer[:i] + longer[i + 1 :] == shorter for i in range(len(longer)))
+            else:  # swap: two neighbours trade places, nothing else changes
+                first = next(i for i, (a, b) in enumerate(zip(true, changed)) if a != b)
+                swapped = true[:first] + [true[first + 1], true[first]] + true[first + 2 :]
+                assert changed == swapped
+
+
+def test_stage_probe_cell_labels():
+    from benchmarks.stage_probes import NONE, cell_labels
+    from modeling_bcqlm.data.synthetic_shapes import SceneObject
+
+    scene = [
+        SceneObject("circle", "red", "small", 10, 10, 8),  # top left
+        SceneObject("square", "blue", "large", 60, 20, 16),  # top right
+        SceneObject("triangle", "green", "small", 20, 70, 8),  # bottom left, with the next one
+        SceneObject("circle", "yellow", "small", 40, 90, 8),
+    ]
+    labels = cell_labels(scene, (2, 2), 96)
+    assert labels["object"] == ["object", "object", None, NONE]
+    assert labels["colour"] == ["red", "blue", None, NONE]
+    assert labels["shape"] == ["circle", "square", None, NONE]
+    assert labels["size"] == ["small", "large", None, NONE]
+
+
+def test_stage_probes_on_tiny_models(bcqlm_folder, tmp_path):
+    from benchmarks.stage_probes import PROBE_ATTRIBUTES, main
+
+    teacher, teacher_processor = make_tiny_clip_teacher()
+    for part in (teacher, teacher_processor):
+        part.save_pretrained(tmp_path / "teacher")
+    # A stage-1 folder as distillation writes it: the BreezeCLIP, its image processor and tokenizer.
+    processor = BcQLMProcessor.from_pretrained(bcqlm_folder)
+    breezeclip = BcQLMForConditionalGeneration.from_pretrained(bcqlm_folder).model.breezeclip
+    for part in (breezeclip, processor.image_processor, processor.question_tokenizer):
+        part.save_pretrained(tmp_path / "breezeclip")
+    args = ["--model", str(bcqlm_folder), "--teacher", str(tmp_path / "teacher"), "--breezeclip",
+            str(tmp_path / "breezeclip"), "--train_scenes", "6", "--test_scenes", "4", "--negatives_per_kind", "2",
+            "--probe_steps", "20", "--output", str(tmp_path / "probes.json")]  # fmt: skip
+    results = main(args)
+    assert json.loads((tmp_path / "probes.json").read_text()) == jsonable(results)
+
+    assert set(results["retrieval"]) == {"bcqlm", "stage 1", "teacher"}
+    for entry in results["retrieval"].values():
+        assert list(entry["kinds"]) == list(NEGATIVE_KINDS)
+        for kind, values in entry["kinds"].items():
+            assert values["pairs"] == {"swap": values["pairs"], "other scene": 4}.get(kind, 4 * 2)
+            if values["pairs"]:
+                assert 0.0 <= values["accuracy"] <= 1.0 and 0.0 <= values["ties"] <= 1.0
+                assert values["identical_tokens"] <= values["ties"] + 1e-9  # the same ids score the same
+        assert 0.0 <= entry["tokenizer"]["oov_word_rate"] <= 1.0
+    # The tiny question vocabulary (sentences about cars and dogs) knows almost no caption word.
+    assert results["retrieval"]["bcqlm"]["tokenizer"]["oov_word_rate"] > 0.5
+
+    probes = results["probes"]
+    assert probes["grid"] == [2, 2]  # 64 px, MobileViT's stride 32: the tiny model's 4 visual tokens
+    assert probes["train_cells"] + probes["ambiguous_train_cells"] == 6 * 4
+    assert probes["test_cells"] + probes["ambiguous_test_cells"] == 4 * 4
+    assert set(probes["representations"]) == {"cell pixels", "tower cells", "visual tokens", "stage-1 tower cells"}
+    for entry in probes["representations"].values():
+        assert entry["object"]["object_cells"] is None  # every object cell holds an object
+        for attribute in PROBE_ATTRIBUTES:
+            probe = entry[attribute]["all_cells"]
+            assert probe["train_cells"] == probes["train_cells"] and probe["test_cells"] == probes["test_cells"]
+            for probe in entry[attribute].values():
+                assert probe is None or 0.0 <= probe["accuracy"] <= 1.0 and 0.0 <= probe["majority_baseline"] <= 1.0

@@ -233,9 +233,14 @@ def render_scene(scene: list[SceneObject], image_size: int = MIN_IMAGE_SIZE) -> 
 
 def generate_caption(scene: list[SceneObject], rng: np.random.Generator) -> str:
     """A caption naming every shape of `scene` from left to right ("a large red circle and a small blue square")."""
+    return format_caption(scene, _pick(rng, CAPTION_TEMPLATES))
+
+
+def format_caption(scene: list[SceneObject], template: str) -> str:
+    """The caption of `scene` in one of `CAPTION_TEMPLATES`: its shapes from left to right (by centre, then top)."""
     phrases = [f"a {obj.size} {obj.colour} {obj.shape}" for obj in sorted(scene, key=lambda obj: (obj.x, obj.y))]
     objects = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
-    return _pick(rng, CAPTION_TEMPLATES).format(objects=objects, number=NUMBER_WORDS[len(scene) - 1])
+    return template.format(objects=objects, number=NUMBER_WORDS[len(scene) - 1])
 
 
 def generate_questions(
@@ -335,6 +340,23 @@ def make_synthetic_captions(
         rows["image"].append(image)
         rows["caption"].append(caption)
     return Dataset.from_dict(rows, features=SYNTHETIC_CAPTION_FEATURES)
+
+
+def make_synthetic_scenes(
+    num_images: int,
+    seed: int = 0,
+    image_size: int = MIN_IMAGE_SIZE,
+    split: str = "train",
+    held_out_fraction: float = 0.5,
+) -> list[tuple[list[SceneObject], str]]:
+    """
+    The scenes (their objects) and captions of `make_synthetic_vqa` with the same arguments, for measurements that
+    need the objects themselves; `render_scene(scene, image_size)` draws each image.
+    """
+    return [
+        (scene, caption)
+        for _, scene, _, caption, _ in _synthetic_images(num_images, seed, image_size, split, held_out_fraction)
+    ]
 
 
 def make_synthetic_splits(
