@@ -14,18 +14,25 @@ from transformers.image_utils import ImageInput, is_pil_image, is_valid_image, l
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 WIDE_MODES = ("I", "F")
 NUM_CHANNELS = (1, 3, 4)
+# Seconds to wait for an image URL's server (to connect, and between bytes) unless a `timeout` is given.
+DEFAULT_TIMEOUT = 10.0
 
 
-def _fetch_url(url: str, timeout: float | None) -> io.BytesIO:
+def _fetch_url(url: str, timeout: float) -> io.BytesIO:
     """The bytes at an http(s) URL, waiting at most `timeout` seconds; a `ValueError` that names the URL on failure."""
     try:
         response = httpx.get(url, timeout=timeout, follow_redirects=True)
         return io.BytesIO(response.raise_for_status().content)
+    except httpx.TimeoutException as err:
+        raise ValueError(
+            f"The server of {url!r} did not answer within {timeout:g} seconds. Check the URL, or wait longer with a "
+            "larger `timeout` (`--timeout` on the command line)."
+        ) from err
     except httpx.HTTPError as err:
         raise ValueError(f"Could not fetch the image at {url!r} ({err}). Check the URL and the network.") from err
 
 
-def _open_image(source: str | os.PathLike, timeout: float | None = None) -> Image.Image:
+def _open_image(source: str | os.PathLike, timeout: float = DEFAULT_TIMEOUT) -> Image.Image:
     """
     Open and fully decode an image file or http(s) URL, upright by its EXIF orientation and in its own PIL mode
     (`load_image` would convert it to RGB, dropping transparency and clipping 16-bit values; the image processor
@@ -33,12 +40,14 @@ def _open_image(source: str | os.PathLike, timeout: float | None = None) -> Imag
     """
     is_url = isinstance(source, str) and source.startswith(("http://", "https://"))
     if not is_url and not os.path.isfile(source):
+        problem = "is a directory" if os.path.isdir(source) else "does not exist"
         raise ValueError(
-            f"Image file {str(source)!r} does not exist. Pass the path of an existing image file, an http(s) URL, or "
-            "the image itself (a PIL image, numpy array or torch tensor)."
+            f"Image file {str(source)!r} {problem}. Pass the path of an image file, an http(s) URL, or the image "
+            "itself (a PIL image, numpy array or torch tensor)."
         )
+    file = _fetch_url(source, timeout) if is_url else source
     try:
-        image = Image.open(_fetch_url(source, timeout) if is_url else source)
+        image = Image.open(file)
     except (OSError, SyntaxError, ValueError) as err:
         raise ValueError(
             f"{str(source)!r} is not an image that PIL can read ({err}). Pass a PNG, JPEG, WebP, TIFF or other image."
@@ -104,9 +113,11 @@ class BcQLMImageProcessor(CLIPImageProcessorPil):
         self, image_url_or_urls: ImageInput | str | os.PathLike | list, timeout: float | None = None
     ) -> ImageInput:
         """
-        Open paths and URLs (`timeout` seconds per URL) as PIL images and check the shapes of arrays, keeping the
-        nesting of lists. Every path that reads images (processor, pipeline, collators, CLI) comes here.
+        Open paths and URLs as PIL images and check the shapes of arrays, keeping the nesting of lists. A URL's server
+        gets `timeout` seconds (`DEFAULT_TIMEOUT` when `None`) to connect and between bytes. Every path that reads
+        images (processor, pipeline, collators, CLI) comes here.
         """
+        timeout = DEFAULT_TIMEOUT if timeout is None else timeout
         if isinstance(image_url_or_urls, (list, tuple)):
             return [self.fetch_images(image, timeout) for image in image_url_or_urls]
         if isinstance(image_url_or_urls, str) and image_url_or_urls.startswith("data:image/"):

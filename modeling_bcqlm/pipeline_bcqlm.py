@@ -52,7 +52,7 @@ class BcQLMVisualQuestionAnsweringPipeline(Pipeline):
         max_new_tokens (`int`, *optional*):
             Maximum length of an answer (32 tokens unless the model's generation config sets one).
         timeout (`float`, *optional*):
-            Seconds to wait when fetching an image from a URL.
+            Seconds to wait for an image URL's server (to connect, and between bytes); 10 by default.
         batch_size (`int`, *optional*, defaults to 1):
             Number of questions generated together (also accepted when building the pipeline).
         generate_kwargs (`dict`, *optional*):

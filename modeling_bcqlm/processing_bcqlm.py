@@ -3,7 +3,7 @@
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import ImageInput, make_flat_list_of_images
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack
-from transformers.tokenization_utils_base import AddedToken, TextInput
+from transformers.tokenization_utils_base import VERY_LARGE_INTEGER, AddedToken, TextInput
 from transformers.utils import logging
 
 
@@ -130,6 +130,8 @@ class BcQLMProcessor(ProcessorMixin):
             )
         prompts, extracted_questions = self._make_prompts(text, with_images=images is not None)
         questions = self._check_questions(extracted_questions if questions is None else questions, len(prompts))
+        if not kwargs.get("truncation"):
+            self._check_prompt_lengths(prompts)
         if images is not None:
             images = self.image_processor.fetch_images(images)
             self._check_images(images, prompts)
@@ -235,6 +237,25 @@ class BcQLMProcessor(ProcessorMixin):
                 f"Got {num_images} image(s) for {sum(has_image)} prompt(s) holding {self.image_token}: BcQLM takes "
                 "exactly one image per prompt. Pass one image per question."
             )
+
+    def _check_prompt_lengths(self, prompts: list[str]) -> None:
+        """
+        Refuse prompts longer than the decoder reads (the tokenizer's `model_max_length`, the decoder's positions),
+        image tokens included: past it the decoder's answers mean nothing.
+        """
+        max_length = self.tokenizer.model_max_length
+        if max_length >= VERY_LARGE_INTEGER:  # the tokenizer does not know its model's limit
+            return
+        extra_image_tokens = self.image_seq_length - 1
+        for index, (prompt, ids) in enumerate(zip(prompts, self.tokenizer(prompts, verbose=False)["input_ids"])):
+            length = len(ids) + extra_image_tokens * prompt.count(self.image_token)
+            if length > max_length:
+                raise ValueError(
+                    f"Prompt {index} is {length} tokens long (the question, the prompt template and "
+                    f"{self.image_seq_length} image tokens), but the decoder reads at most {max_length} "
+                    f"(the tokenizer's `model_max_length`). Shorten the question by at least {length - max_length} "
+                    "tokens; VQA questions are a sentence or two."
+                )
 
     def _encode_questions(self, questions: list[str], return_tensors: str | None = None) -> dict:
         """Tokenize the questions for the question encoder, right-padded and truncated to its `model_max_length`."""

@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -383,3 +384,16 @@ def test_stage_probes_on_tiny_models(bcqlm_folder, tmp_path):
             assert probe["train_cells"] == probes["train_cells"] and probe["test_cells"] == probes["test_cells"]
             for probe in entry[attribute].values():
                 assert probe is None or 0.0 <= probe["accuracy"] <= 1.0 and 0.0 <= probe["majority_baseline"] <= 1.0
+
+
+def test_cli_startup_times_fresh_processes_after_a_warm_up(tmp_path):
+    from benchmarks.cli_startup import markdown, summary, wall_times
+
+    marker = tmp_path / "runs"
+    script = f"open({str(marker)!r}, 'a').write('x')"
+    times = wall_times([sys.executable, "-c", script], repeats=2)
+    assert marker.read_text() == "xxx"  # one untimed run, two timed ones
+    assert len(times) == 2 and all(0 < seconds < 60 for seconds in times)
+    entry = summary([3.0, 1.0, 2.0])
+    assert (entry["median"], entry["min"], entry["max"]) == (2.0, 1.0, 3.0)
+    assert markdown({"timings": {"bcqlm --help": entry}}).splitlines()[-1] == "| bcqlm --help | 2.00 (1.00-3.00) |"

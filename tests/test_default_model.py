@@ -3,6 +3,8 @@
 import importlib.util
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from modeling_bcqlm import (
     BcQLMProcessor,
     BcQLMVisualQuestionAnsweringPipeline,
 )
+from modeling_bcqlm.cli.main import main
 from modeling_bcqlm.data.synthetic_shapes import make_synthetic_vqa
 
 from .helpers import run_python
@@ -143,6 +146,14 @@ def test_bcqlm_ask_answers_the_readme_question_correctly(tmp_path, example):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == questions[question]
 
+
+def test_model_card_command_answers_from_the_repository_root(monkeypatch, capsys, example):
+    questions, _ = example
+    [command] = re.findall(r"`(bcqlm ask [^`]+)`", (ROOT / "model_card.md").read_text().replace("\n", " "))
+    monkeypatch.chdir(ROOT)
+    main(shlex.split(command)[1:] + ["--no_notice"])
+    question = shlex.split(command)[shlex.split(command).index("--question") + 1]
+    assert capsys.readouterr().out == questions[question] + "\n"
 
 
 def test_bcqlm_ask_needs_neither_torchvision_nor_timm(tmp_path, example):

@@ -166,7 +166,7 @@ def test_16_bit_png_file(image_processor, tmp_path):
 
 def test_missing_path(image_processor, tmp_path):
     path = tmp_path / "missing.png"
-    with pytest.raises(ValueError, match=rf"{path.name}' does not exist\. Pass the path of an existing image file"):
+    with pytest.raises(ValueError, match=rf"{path.name}' does not exist\. Pass the path of an image file"):
         image_processor(str(path))
 
 

@@ -6,12 +6,16 @@ The `bcqlm` console command.
 
 `ask` answers with BcQLM's visual-question-answering pipeline; the model defaults to the small BcQLM shipped with the
 package (`modeling_bcqlm.DEFAULT_MODEL`, trained on synthetic shape scenes), and then says so once on stderr
-(`--no_notice` or `BCQLM_NO_NOTICE=1` silences it).
+(`--no_notice` or `BCQLM_NO_NOTICE=1` silences it). Arguments and local model folders are checked before torch and
+transformers are imported, so that mistakes are reported at once.
 """
 
 import argparse
+import json
 import os
+import re
 import sys
+from pathlib import Path
 
 
 DEFAULT_MODEL_NOTICE = (
@@ -19,6 +23,12 @@ DEFAULT_MODEL_NOTICE = (
     "plain background; about other images its answers mean nothing. Pass --model for another BcQLM "
     "(--no_notice or BCQLM_NO_NOTICE=1 hides this note)."
 )
+DEVICE_PATTERN = re.compile(r"(cpu|mps|cuda|xpu)(:\d+)?")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+
+
+class CommandError(Exception):
+    """A mistake in the command's arguments or inputs, reported as `bcqlm: error: <message>` without a traceback."""
 
 
 def _parse_args(argv):
@@ -32,35 +42,108 @@ def _parse_args(argv):
     )
     ask.add_argument("--top_k", type=int, default=1, help="How many answers to print, best first, with their scores.")
     ask.add_argument("--max_new_tokens", type=int, default=16, help="The longest answer, in decoder tokens.")
-    ask.add_argument("--device", default="cpu", help="Where the model runs: 'cpu', 'cuda', 'cuda:1', ...")
+    ask.add_argument("--device", default="cpu", help="Where the model runs: 'cpu', 'cuda', 'cuda:1', 'mps', ...")
+    ask.add_argument("--timeout", type=float, default=10.0, help="Seconds to wait for an image URL's server.")
     ask.add_argument("--trust_remote_code", action="store_true", help="Allow code from a Hub model repository.")
     ask.add_argument("--no_notice", action="store_true", help="Do not print the bundled model's note on stderr.")
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(sys.argv[1:] if argv is None else argv)
+def _check_args(args) -> None:
     if args.top_k < 1:
-        sys.exit("bcqlm: error: --top_k must be at least 1.")
+        raise CommandError("--top_k must be at least 1.")
+    if args.max_new_tokens < 1:
+        raise CommandError("--max_new_tokens must be at least 1.")
+    if not args.timeout > 0:
+        raise CommandError("--timeout must be a positive number of seconds.")
     if not args.question.strip():
-        sys.exit("bcqlm: error: --question is empty: write the question about the image.")
+        raise CommandError("--question is empty: write the question about the image.")
+    if not DEVICE_PATTERN.fullmatch(args.device):
+        raise CommandError(f"--device {args.device!r} is not a device: use 'cpu', 'cuda', 'cuda:N', 'mps' or 'xpu'.")
+    if args.model is not None:
+        _check_model_folder(args.model)
 
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+def _check_model_folder(model: str) -> None:
+    """Check a `--model` that names a local path (a Hub id is checked when it is loaded)."""
+    path = Path(model).expanduser()
+    if not (path.exists() or path.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1):
+        return  # "name" or "org/name": a Hub id
+    if not path.is_dir():
+        problem = "is a file" if path.exists() else "does not exist"
+        raise CommandError(f"--model {model!r} {problem}: pass the folder of a saved BcQLM model or a Hub id.")
+    if not (path / "config.json").is_file():
+        raise CommandError(f"--model {model!r} holds no config.json: it is not a saved model (`save_pretrained`).")
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CommandError(f"{path / 'config.json'} is not valid JSON ({error}): save the model again.") from error
+    _check_model_type(config, model)
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise CommandError(f"--model {model!r} holds no weights ({' or '.join(WEIGHT_FILES)}): save the model again.")
+
+
+def _check_model_type(config: dict, model: str) -> None:
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type != "bcqlm":
+        raise CommandError(
+            f"--model {model!r} is a {model_type!r} model, not a BcQLM one (model_type 'bcqlm'): `bcqlm ask` answers "
+            "with BcQLM models only."
+        )
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    kind, _, index = device.partition(":")
+    backend = {"cuda": torch.cuda, "xpu": getattr(torch, "xpu", None), "mps": torch.backends.mps}.get(kind)
+    if backend is not None and not (backend.is_available() and (not index or int(index) < backend.device_count())):
+        raise CommandError(
+            f"--device {device}: no such {kind} device is available to this torch ({torch.__version__}); "
+            "use --device cpu, or install a torch built for your accelerator."
+        )
+
+
+def _answer(args) -> list[dict]:
+    """Load the model and its processor and answer `args.question` about `args.image`."""
+    from safetensors import SafetensorError
+    from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedConfig
     from transformers.utils import logging
 
-    from .. import DEFAULT_MODEL, BcQLMVisualQuestionAnsweringPipeline
+    from .. import DEFAULT_MODEL, register_auto_classes
+    from ..pipeline_bcqlm import BcQLMVisualQuestionAnsweringPipeline
 
+    register_auto_classes()
     logging.disable_progress_bar()  # loading a model of a few MB needs none; the command prints the answer only
-
     model_path = args.model or DEFAULT_MODEL
-    if args.model is None and not (args.no_notice or os.environ.get("BCQLM_NO_NOTICE", "") not in ("", "0")):
-        print(DEFAULT_MODEL_NOTICE, file=sys.stderr)
     try:
+        _check_model_type(PreTrainedConfig.get_config_dict(model_path)[0], model_path)
         model = AutoModelForImageTextToText.from_pretrained(model_path, trust_remote_code=args.trust_remote_code)
         processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=args.trust_remote_code)
-        vqa = BcQLMVisualQuestionAnsweringPipeline(model=model, processor=processor, device=args.device)
-        answers = vqa(image=args.image, question=args.question, top_k=args.top_k, max_new_tokens=args.max_new_tokens)
-    except (OSError, ValueError) as error:  # a missing model or image, an unreadable file, a bad device
+    except SafetensorError as error:
+        raise CommandError(
+            f"The weights of {model_path!r} cannot be read ({error}): the file is incomplete or damaged. Download or "
+            "save the model again."
+        ) from error
+    vqa = BcQLMVisualQuestionAnsweringPipeline(model=model, processor=processor, device=args.device)
+    return vqa(
+        image=args.image,
+        question=args.question,
+        top_k=args.top_k,
+        max_new_tokens=args.max_new_tokens,
+        timeout=args.timeout,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        _check_args(args)
+        if args.model is None and not (args.no_notice or os.environ.get("BCQLM_NO_NOTICE", "") not in ("", "0")):
+            print(DEFAULT_MODEL_NOTICE, file=sys.stderr)
+        _check_device(args.device)
+        answers = _answer(args)
+    except (CommandError, OSError, ValueError) as error:  # a missing model or image, an unreadable file
         sys.exit(f"bcqlm: error: {error}")
     if args.top_k == 1:
         print(answers[0]["answer"])
