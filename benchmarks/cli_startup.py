@@ -93,12 +93,12 @@ def main(argv: list[str] | None = None) -> dict:
     timings |= load_and_answer_times(args.repeats)
     results = {
         "machine": machine_info(threads=torch.get_num_threads()),
-        "arguments": vars(args),
+        "arguments": {"repeats": args.repeats},
         "timings": {name: summary(times) for name, times in timings.items()},
     }
+    print(markdown(results))
     if args.output:
         write_json(results, args.output)
-    print(markdown(results))
     return results
 
 
