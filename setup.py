@@ -14,6 +14,9 @@ INFERENCE = [
 TRAIN = ["datasets>=3.0.0", "evaluate>=0.4.0", "peft>=0.13.0"]
 # 0.49 is the first release whose CPU int8 and 4-bit layers run under torch 2.13 (0.47 and 0.48 crash).
 QUANT = ["bitsandbytes>=0.49.0"]
+# The ONNX Runtime engine (`bcqlm export`): onnxruntime-genai's model builder writes the decoder (it imports onnx_ir
+# without declaring it); onnxruntime runs it.
+ONNX = ["onnxruntime>=1.32.0", "onnxruntime-genai>=0.18.0", "onnx>=1.23.2", "onnx_ir>=1.1.0"]
 # timm builds the released code's modules in the conversion parity tests; it needs torchvision, so the test command
 # installs torch==2.14.1 with torchvision==0.29.1 first. The package itself needs neither.
 TEST = ["pytest>=8.0.0", "timm>=1.0.3"]
@@ -34,7 +37,7 @@ setup(
     entry_points={"console_scripts": ["bcqlm = modeling_bcqlm.cli.main:main"]},
     python_requires=">=3.10",
     install_requires=INFERENCE,
-    extras_require={"train": TRAIN, "quant": QUANT, "test": TEST + TRAIN + QUANT},
+    extras_require={"train": TRAIN, "quant": QUANT, "onnx": ONNX, "test": TEST + TRAIN + QUANT + ONNX},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

@@ -389,6 +389,17 @@ class BcQLMModel(BcQLMPreTrainedModel):
         dtype = image_features.dtype  # BreezeCLIP may run in higher precision than the fusion
         return self.qgcam(image_features, tokens.to(dtype), pooled.to(dtype), mask)
 
+    def embed_prompt(self, input_ids: torch.LongTensor, fused_features: torch.Tensor) -> torch.Tensor:
+        """
+        The decoder's input embeddings of `input_ids` `(batch_size, sequence_length)`, with the fused visual tokens
+        `(batch_size, image_seq_length, hidden_size)` at the `<image>` placeholders: `(batch_size, sequence_length,
+        hidden_size)`.
+        """
+        image_mask = input_ids == self.config.image_token_id
+        self._check_placeholders(image_mask, fused_features)
+        inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(image_mask, 0))
+        return inputs_embeds.masked_scatter(image_mask[..., None], fused_features.to(inputs_embeds.dtype))
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -435,10 +446,7 @@ class BcQLMModel(BcQLMPreTrainedModel):
             if image_indices is not None:
                 image_features = self._select_images(image_features, image_indices, len(input_ids))
             fused_features = self.get_fused_image_features(image_features, question_input_ids, question_attention_mask)
-            image_mask = input_ids == self.config.image_token_id
-            self._check_placeholders(image_mask, fused_features)
-            inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(image_mask, 0))
-            inputs_embeds = inputs_embeds.masked_scatter(image_mask[..., None], fused_features.to(inputs_embeds.dtype))
+            inputs_embeds = self.embed_prompt(input_ids, fused_features)
         elif inputs_embeds is None:
             if _cached_length(kwargs) == 0 and (input_ids == self.config.image_token_id).any():
                 raise ValueError(

@@ -3,11 +3,14 @@ The `bcqlm` console command.
 
     bcqlm ask --image scene.png --question "how many shapes are there?"
     bcqlm ask --image https://example.com/photo.jpg --question "what colour is the car?" --model org/bcqlm --top_k 3
+    bcqlm export --engine onnx --precision int4 --output bcqlm-onnx-int4
+    bcqlm ask --image scene.png --question "how many shapes are there?" --model bcqlm-onnx-int4
 
 `ask` answers with BcQLM's visual-question-answering pipeline; the model defaults to the small BcQLM shipped with the
 package (`modeling_bcqlm.DEFAULT_MODEL`, trained on synthetic shape scenes), and then says so once on stderr
-(`--no_notice` or `BCQLM_NO_NOTICE=1` silences it). Arguments and local model folders are checked before torch and
-transformers are imported, so that mistakes are reported at once.
+(`--no_notice` or `BCQLM_NO_NOTICE=1` silences it). `export` writes a folder whose decoder runs on ONNX Runtime, which
+`ask --model` answers from as from any BcQLM folder (greedy answers). Arguments and local model folders are checked
+before torch and transformers are imported, so that mistakes are reported at once.
 """
 
 import argparse
@@ -17,6 +20,8 @@ import re
 import sys
 from pathlib import Path
 
+from ..engines import ONNX_PRECISIONS
+
 
 DEFAULT_MODEL_NOTICE = (
     "bcqlm: note: the bundled model knows only synthetic scenes of circles, squares and triangles in five colours on a "
@@ -24,7 +29,8 @@ DEFAULT_MODEL_NOTICE = (
     "(--no_notice or BCQLM_NO_NOTICE=1 hides this note)."
 )
 DEVICE_PATTERN = re.compile(r"(cpu|mps|cuda|xpu)(:\d+)?")
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+# Any one of them: a PyTorch checkpoint, a sharded one, or a folder written by `bcqlm export`.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "front.safetensors")
 
 
 class CommandError(Exception):
@@ -46,10 +52,19 @@ def _parse_args(argv):
     ask.add_argument("--timeout", type=float, default=10.0, help="Seconds to wait for an image URL's server.")
     ask.add_argument("--trust_remote_code", action="store_true", help="Allow code from a Hub model repository.")
     ask.add_argument("--no_notice", action="store_true", help="Do not print the bundled model's note on stderr.")
+    export = commands.add_parser("export", help="Export a BcQLM for an inference engine (its decoder).")
+    export.add_argument("--engine", choices=["onnx"], default="onnx", help="The engine: ONNX Runtime.")
+    export.add_argument("--precision", choices=ONNX_PRECISIONS, default="int4", help="The decoder's weights.")
+    export.add_argument("--model", help="Folder or Hub id of the BcQLM to export (default: the bundled model).")
+    export.add_argument("--output", required=True, help="A new or empty folder for the exported model.")
     return parser.parse_args(argv)
 
 
 def _check_args(args) -> None:
+    if args.command == "export":
+        if args.model is not None:
+            _check_model_folder(args.model)
+        return
     if args.top_k < 1:
         raise CommandError("--top_k must be at least 1.")
     if args.max_new_tokens < 1:
@@ -65,10 +80,10 @@ def _check_args(args) -> None:
 
 
 def _check_model_folder(model: str) -> None:
-    """Check a `--model` that names a local path (a Hub id is checked when it is loaded)."""
+    """Check a `--model` that names a local folder; "org/name" that is not one is a Hub id, checked when loading."""
     path = Path(model).expanduser()
-    if not (path.exists() or path.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1):
-        return  # "name" or "org/name": a Hub id
+    if not path.exists() and not model.startswith((".", "~", "/")) and model.count("/") == 1:
+        return  # "org/name": a Hub id
     if not path.is_dir():
         problem = "is a file" if path.exists() else "does not exist"
         raise CommandError(f"--model {model!r} {problem}: pass the folder of a saved BcQLM model or a Hub id.")
@@ -105,17 +120,26 @@ def _check_device(device: str) -> None:
 
 
 def _answer(args) -> list[dict]:
-    """Load the model and its processor and answer `args.question` about `args.image`."""
-    from safetensors import SafetensorError
-    from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedConfig
+    """Load the model and its processor and answer `args.question` about `args.image`: `[{"answer", "score"}]`."""
     from transformers.utils import logging
 
     from .. import DEFAULT_MODEL, register_auto_classes
-    from ..pipeline_bcqlm import BcQLMVisualQuestionAnsweringPipeline
+    from ..engines.onnx_model import is_onnx_folder
 
     register_auto_classes()
     logging.disable_progress_bar()  # loading a model of a few MB needs none; the command prints the answer only
     model_path = args.model or DEFAULT_MODEL
+    if is_onnx_folder(model_path):
+        return _answer_with_onnx(args, model_path)
+    return _answer_with_torch(args, model_path)
+
+
+def _answer_with_torch(args, model_path: str) -> list[dict]:
+    from safetensors import SafetensorError
+    from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedConfig
+
+    from ..pipeline_bcqlm import BcQLMVisualQuestionAnsweringPipeline
+
     try:
         _check_model_type(PreTrainedConfig.get_config_dict(model_path)[0], model_path)
         model = AutoModelForImageTextToText.from_pretrained(model_path, trust_remote_code=args.trust_remote_code)
@@ -135,10 +159,41 @@ def _answer(args) -> list[dict]:
     )
 
 
+def _answer_with_onnx(args, model_path: str) -> list[dict]:
+    """Greedy answer of a folder written by `bcqlm export` (its decoder on ONNX Runtime); no score."""
+    from ..engines.onnx_model import BcQLMOnnxForConditionalGeneration
+    from ..processing_bcqlm import BcQLMProcessor
+
+    if args.top_k > 1 or args.device != "cpu":
+        raise CommandError(
+            f"{model_path!r} is an ONNX export: it answers greedily on the CPU (--top_k 1, --device cpu). For scored "
+            "answers or another device, pass the PyTorch model it was exported from."
+        )
+    model = BcQLMOnnxForConditionalGeneration.from_pretrained(model_path)
+    processor = BcQLMProcessor.from_pretrained(model_path)
+    image = processor.image_processor.fetch_images(args.image, timeout=args.timeout)
+    inputs = processor(images=image, text=args.question, return_tensors="pt")
+    generated = model.generate(**inputs, max_new_tokens=args.max_new_tokens)
+    answer = processor.post_process_image_text_to_text(generated[:, inputs["input_ids"].shape[1] :])[0]
+    return [{"answer": answer.strip(), "score": None}]
+
+
+def _export(args) -> None:
+    from .. import DEFAULT_MODEL, register_auto_classes
+    from ..engines.onnx_export import export_onnx
+
+    register_auto_classes()
+    folder = export_onnx(args.model or DEFAULT_MODEL, args.output, args.precision)
+    print(f"bcqlm: exported to {folder} (decoder on ONNX Runtime, {args.precision}); ask with --model {folder}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(sys.argv[1:] if argv is None else argv)
     try:
         _check_args(args)
+        if args.command == "export":
+            _export(args)
+            return 0
         if args.model is None and not (args.no_notice or os.environ.get("BCQLM_NO_NOTICE", "") not in ("", "0")):
             print(DEFAULT_MODEL_NOTICE, file=sys.stderr)
         _check_device(args.device)

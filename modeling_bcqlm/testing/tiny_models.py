@@ -103,6 +103,7 @@ def tiny_bcqlm_config(
         "eos_token_id": kwargs.pop("eos_token_id", 1),
         "pad_token_id": kwargs.pop("pad_token_id", 2),
         "tie_word_embeddings": True,
+        **kwargs.pop("text_config", {}),
     }
     return BcQLMConfig(
         breezeclip_config=tiny_breezeclip_config(question_vocab_size),
