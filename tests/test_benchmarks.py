@@ -397,3 +397,17 @@ def test_cli_startup_times_fresh_processes_after_a_warm_up(tmp_path):
     entry = summary([3.0, 1.0, 2.0])
     assert (entry["median"], entry["min"], entry["max"]) == (2.0, 1.0, 3.0)
     assert markdown({"timings": {"bcqlm --help": entry}}).splitlines()[-1] == "| bcqlm --help | 2.00 (1.00-3.00) |"
+
+
+def test_onnx_engine_benchmark_on_the_tiny_model(tmp_path):
+    from benchmarks.onnx_engine import main
+
+    args = ["--tiny", "--in_process", "--repeats", "1", "--new_tokens", "4", "--torch_dtypes", "float32",
+            "--precisions", "fp32,int4", "--workdir", str(tmp_path), "--output", str(tmp_path / "onnx.json")]  # fmt: skip
+    results = main(args)
+    assert list(results["runs"]) == ["PyTorch float32", "onnxruntime fp32", "onnxruntime int4"]
+    for run in results["runs"].values():
+        assert run["ttft_s"] > 0 and run["decode_tokens_per_s"] > 0 and run["peak_rss_bytes"] > 0
+    assert set(results["exports"]) == {"fp32", "int4"}
+    assert results["exports"]["int4"]["decoder_bytes"] < results["exports"]["fp32"]["decoder_bytes"]
+    assert json.loads((tmp_path / "onnx.json").read_text())["runs"].keys() == results["runs"].keys()
