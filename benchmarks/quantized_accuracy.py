@@ -1,12 +1,14 @@
-"""Accuracy of the embedded default BcQLM loaded with bitsandbytes 8-bit and 4-bit, against full precision, on its own
-synthetic test split (regenerated from `training_results.json`, as `tests/test_default_model.py` does).
+"""Accuracy of the embedded default BcQLM loaded with bitsandbytes 8-bit and 4-bit, and exported for ONNX Runtime
+(`bcqlm export`, its decoder in fp32, int8 or int4), against full precision, on its own synthetic test split
+(regenerated from `training_results.json`, as `tests/test_default_model.py` does).
 
     python -m benchmarks.quantized_accuracy --output benchmarks/results/quantized_accuracy.json
 
-For each storage (fp32, int8, nf4 with double quantization, fp4) it runs `examples/evaluate_vqa.py` once on the test
-split and reports VQA accuracy overall and per question type, on the whole split and on its held-out scenes (scored from
-the same answers), the share of questions answered exactly as in fp32, `get_memory_footprint()` and the wall time of
-the evaluation. Prints a Markdown table.
+For each storage (fp32, int8, nf4 with double quantization, fp4, onnx-fp32, onnx-int8, onnx-int4) it runs
+`examples/evaluate_vqa.py` once on the test split and reports VQA accuracy overall and per question type, on the whole
+split and on its held-out scenes (scored from the same answers), the share of questions answered exactly as in fp32,
+the footprint (`get_memory_footprint()`; for the ONNX exports, their weight files) and the wall time of the
+evaluation. Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from benchmarks.lib.system import machine_info
 from examples import evaluate_vqa
 from modeling_bcqlm import DEFAULT_MODEL
 from modeling_bcqlm.data.synthetic_shapes import make_synthetic_vqa
+from modeling_bcqlm.engines.onnx_export import export_onnx
+from modeling_bcqlm.engines.onnx_model import DECODER_FOLDER, FRONT_WEIGHTS
 
 
-STORAGES = ("fp32", "int8", "nf4", "fp4")
+STORAGES = ("fp32", "int8", "nf4", "fp4", "onnx-fp32", "onnx-int8", "onnx-int4")
 SPLITS = ("test", "test_held_out")
 QUESTION_TYPES = ("attribute", "existence", "counting", "spatial", "comparison")
 
@@ -42,10 +46,15 @@ def default_test_split(model_folder: Path, test_images: int | None = None) -> da
 def evaluate(model_folder: Path, data: Path, held_out: set[str], workdir: Path, storage: str, batch_size: int) -> dict:
     """The loaded model's memory footprint, the evaluation's wall time, and per split (the test split and its questions
     in `held_out`) the results and the answers by question id."""
-    quantization = None if storage == "fp32" else storage
-    model = evaluate_vqa.load_model(str(model_folder), torch.float32, quantization, "cpu")
-    footprint = model.get_memory_footprint()
-    del model
+    if storage.startswith("onnx-"):
+        model_folder, quantization = export_onnx(model_folder, workdir / storage / "model", storage[5:]), None
+        weights = [model_folder / FRONT_WEIGHTS, *(model_folder / DECODER_FOLDER).glob("model.onnx*")]
+        footprint = sum(path.stat().st_size for path in weights)
+    else:
+        quantization = None if storage == "fp32" else storage
+        model = evaluate_vqa.load_model(str(model_folder), torch.float32, quantization, "cpu")
+        footprint = model.get_memory_footprint()
+        del model
     output_dir = workdir / storage
     argv = [
         "--model_name_or_path", str(model_folder), "--data", str(data), "--split", "test",

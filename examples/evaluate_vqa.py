@@ -8,7 +8,8 @@ overall and per question type.
         --output_dir eval-vqav2 --batch_size 32
 
 `--quantization int8|nf4|fp4` loads the model with bitsandbytes (the decoder, adapter and Q-GCAM quantized), to measure
-what quantization costs in accuracy (`benchmarks/quantized_accuracy.py` does it for the shipped default model).
+what quantization costs in accuracy (`benchmarks/quantized_accuracy.py` does it for the shipped default model). A folder
+written by `bcqlm export` is evaluated on ONNX Runtime, in the precision it was exported in.
 
 Writes `predictions.jsonl` (one answer per question, appended as the evaluation goes, so `--resume` continues an
 interrupted run) and `results.json` (the metrics) into `--output_dir`. Under `accelerate launch` each process answers
@@ -31,6 +32,7 @@ from transformers import BitsAndBytesConfig, HfArgumentParser
 
 from modeling_bcqlm import BcQLMForConditionalGeneration, BcQLMProcessor
 from modeling_bcqlm.data.loaders import load_vqa_dataset
+from modeling_bcqlm.engines.onnx_model import BcQLMOnnxForConditionalGeneration, is_onnx_folder
 from modeling_bcqlm.evaluation import vqa_accuracy
 
 
@@ -80,8 +82,18 @@ def answer_questions(model, processor, rows, max_new_tokens: int) -> list[str]:
     return processor.post_process_image_text_to_text(generated[:, inputs["input_ids"].shape[1] :])
 
 
-def load_model(model_name_or_path: str, dtype: torch.dtype, quantization: str | None, device) -> torch.nn.Module:
-    """The model in eval mode on `device`, its weights in `dtype` or, with `quantization`, in bitsandbytes form."""
+def load_model(model_name_or_path: str, dtype: torch.dtype, quantization: str | None, device):
+    """
+    The model in eval mode on `device`, its weights in `dtype` or, with `quantization`, in bitsandbytes form; a folder
+    written by `bcqlm export` answers on ONNX Runtime, in the precision it was exported in.
+    """
+    if is_onnx_folder(model_name_or_path):
+        if quantization is not None or torch.device(device).type != "cpu":
+            raise ValueError(
+                f"{model_name_or_path} is an ONNX export, quantized when exported; it runs on the CPU: drop "
+                "--quantization, and pass --use_cpu under accelerate."
+            )
+        return BcQLMOnnxForConditionalGeneration.from_pretrained(model_name_or_path)
     if quantization is None:
         model = BcQLMForConditionalGeneration.from_pretrained(model_name_or_path, dtype=dtype).to(device)
     else:  # a quantized model is placed by `device_map`; it cannot be moved afterwards

@@ -48,10 +48,12 @@ def without_dtype(config: dict) -> dict:
     return {key: without_dtype(value) if isinstance(value, dict) else value for key, value in config.items() if key != "dtype"}
 
 
+def random_image(seed: int):
+    return (torch.rand(64, 64, 3, generator=torch.Generator().manual_seed(seed)) * 255).to(torch.uint8).numpy()
+
+
 def image_inputs(processor, question: str, seed: int) -> dict:
-    image = torch.Generator().manual_seed(seed)
-    pixels = (torch.rand(64, 64, 3, generator=image) * 255).to(torch.uint8).numpy()
-    return processor(images=pixels, text=question, return_tensors="pt")
+    return processor(images=random_image(seed), text=question, return_tensors="pt")
 
 
 def test_fp32_export_answers_exactly_as_pytorch(model_and_processor, exports):
@@ -93,6 +95,23 @@ def test_quantized_exports_hold_quantized_matmuls_and_answer(precision, quantize
     assert 1 <= generated.shape[1] - inputs["input_ids"].shape[1] <= 4
 
 
+def test_a_left_padded_batch_answers_as_its_prompts_one_by_one(model_and_processor, exports):
+    model, processor = model_and_processor
+    engine = BcQLMOnnxForConditionalGeneration.from_pretrained(exports["fp32"])
+    images = [random_image(seed) for seed in range(len(QUESTIONS))]
+    batch = processor(images=images, text=QUESTIONS, return_tensors="pt")
+    assert not batch["attention_mask"].all()  # questions of different lengths: left padding
+    generated = engine.generate(**batch, max_new_tokens=6)
+    width = batch["input_ids"].shape[1]
+    assert torch.equal(generated[:, :width], batch["input_ids"])
+    pad = model.generation_config.pad_token_id
+    for row, (image, question) in enumerate(zip(images, QUESTIONS)):
+        single = processor(images=[image], text=question, return_tensors="pt")
+        expected = model.generate(**single, max_new_tokens=6, do_sample=False)[0, single["input_ids"].shape[1] :]
+        answer = generated[row, width:].tolist()
+        assert answer[: len(expected)] == expected.tolist() and set(answer[len(expected) :]) <= {pad}, question
+
+
 def test_streamer_gets_the_prompt_then_each_new_token(model_and_processor, exports):
     class Collect:
         def __init__(self):
@@ -119,8 +138,8 @@ def test_batches_padding_and_bad_folders_get_clear_errors(model_and_processor, e
     _, processor = model_and_processor
     engine = BcQLMOnnxForConditionalGeneration.from_pretrained(exports["fp32"])
     batch = processor(images=[EXAMPLE_IMAGE] * 2, text=["is it red?", "how many shapes are there?"], return_tensors="pt")
-    with pytest.raises(ValueError, match="answers one prompt at a time"):
-        engine.generate(**batch)
+    with pytest.raises(ValueError, match="A streamer follows one prompt"):
+        engine.generate(**batch, streamer=object())
     with pytest.raises(ValueError, match="is not a folder written by `export_onnx`"):
         BcQLMOnnxForConditionalGeneration.from_pretrained(tiny_folder)
     (tmp_path / "kept.txt").write_text("a user's file")

@@ -67,11 +67,12 @@ def test_multi_question_benchmark_gives_the_same_answers(tmp_path):
 def test_quantized_accuracy_command_on_a_few_test_images(tmp_path):
     pytest.importorskip("bitsandbytes")
     results = run_benchmark_command(
-        "quantized_accuracy", tmp_path / "results.json", "--test_images", "12", "--storages", "fp32,int8,nf4"
+        "quantized_accuracy", tmp_path / "results.json", "--test_images", "12", "--storages", "fp32,int8,nf4,onnx-fp32,onnx-int4"
     )
     summary = results["summary"]
     assert summary["fp32"]["test"]["count"] == 60 and summary["fp32"]["test"]["same_answer_as_fp32"] == 1.0
-    for storage in ("int8", "nf4"):
+    assert summary["onnx-fp32"]["test"]["same_answer_as_fp32"] == 1.0  # the same decoder on another engine
+    for storage in ("int8", "nf4", "onnx-int4"):
         assert summary[storage]["memory_footprint_bytes"] < 0.7 * summary["fp32"]["memory_footprint_bytes"]
         assert summary[storage]["test"]["count"] == 60
         # The trained default answers (almost) as in full precision; a broken quantized load answers at random.

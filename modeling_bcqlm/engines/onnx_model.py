@@ -41,9 +41,9 @@ def front_model(config: BcQLMConfig) -> BcQLMModel:
 
 class BcQLMOnnxForConditionalGeneration:
     """
-    BcQLM with its decoder on ONNX Runtime (CPU), for greedy answers to one prompt at a time. It takes the
-    processor's outputs as `BcQLMForConditionalGeneration.generate` does and returns the same ids; with a decoder
-    exported in fp32 the answers are those of PyTorch.
+    BcQLM with its decoder on ONNX Runtime (CPU), for greedy answers. It takes the processor's outputs as
+    `BcQLMForConditionalGeneration.generate` does and returns the same ids; with a decoder exported in fp32 the answers
+    are those of PyTorch.
 
     Example:
 
@@ -56,6 +56,8 @@ class BcQLMOnnxForConditionalGeneration:
     >>> processor.post_process_image_text_to_text(model.generate(**inputs, max_new_tokens=10))
     ```
     """
+
+    device = torch.device("cpu")
 
     def __init__(self, config: BcQLMConfig, front: BcQLMModel, session, decoder_config: dict, generation_config):
         self.config = config
@@ -72,6 +74,7 @@ class BcQLMOnnxForConditionalGeneration:
         ]
         self._embeds_name, self._mask_name = names[0]["inputs_embeds"], names[0]["attention_mask"]
         self._logits_name = names[1]["logits"]
+        self._output_names = [output.name for output in session.get_outputs()]
         self._cache_shape = (decoder["num_key_value_heads"], decoder["head_size"])
         self._dtype = NUMPY_DTYPES[{i.name: i.type for i in session.get_inputs()}[self._embeds_name]]
 
@@ -115,14 +118,12 @@ class BcQLMOnnxForConditionalGeneration:
         fused = self.front.get_fused_image_features(image_features, question_input_ids, question_attention_mask)
         return self.front.embed_prompt(input_ids, fused).numpy()
 
-    def _check_prompt(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None) -> None:
-        if input_ids.dim() != 2 or input_ids.shape[0] != 1:
-            raise ValueError(
-                f"The ONNX engine answers one prompt at a time: got input_ids of shape {tuple(input_ids.shape)}; "
-                "pass each question's inputs separately."
-            )
-        if attention_mask is not None and not bool(attention_mask.all()):
-            raise ValueError("The ONNX engine takes unpadded prompts: build the inputs of one question at a time.")
+    @property
+    def _eos_ids(self) -> set[int]:
+        eos = self.generation_config.eos_token_id
+        return {eos} if isinstance(eos, int) else set(eos or ())
+
+    def _check_prompt(self, input_ids: torch.LongTensor) -> None:
         if input_ids.shape[1] >= self.context_length:
             raise ValueError(
                 f"The prompt is {input_ids.shape[1]} tokens long; the exported decoder reads at most "
@@ -133,21 +134,50 @@ class BcQLMOnnxForConditionalGeneration:
         self,
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        question_input_ids: torch.LongTensor | None = None,
+        question_attention_mask: torch.Tensor | None = None,
+        image_features: torch.FloatTensor | None = None,
         max_new_tokens: int | None = None,
         streamer=None,
-        **image_inputs,
+        do_sample: bool = False,
+        num_beams: int = 1,
     ) -> torch.LongTensor:
         """
-        Greedy decoding of one prompt: `input_ids` `(1, prompt_length)` and the processor's image and question
-        inputs (`pixel_values`, `question_input_ids`, `question_attention_mask`) or `image_features`. Returns the
-        prompt and answer ids `(1, prompt_length + new_tokens)`, ending at the end-of-text token where it is
-        generated. A `streamer` (e.g. `TextStreamer`) gets the prompt, then each new token, as with `generate`.
+        Greedy decoding of `input_ids` `(batch_size, prompt_length)` (left-padded, as the processor pads) with the
+        processor's image and question inputs (`pixel_values`, `question_input_ids`, `question_attention_mask`) or
+        `image_features`. Returns the prompts and answers `(batch_size, prompt_length + new_tokens)`, answers ending at
+        the end-of-text token and padded with the pad token, as `generate` returns them. The prompts of a batch run
+        one after the other. A `streamer` (e.g. `TextStreamer`, one prompt only) gets the prompt, then each new token.
         """
-        self._check_prompt(input_ids, attention_mask)
+        if do_sample or num_beams != 1:
+            raise ValueError("The ONNX engine decodes greedily: drop `do_sample` and `num_beams`.")
+        if input_ids.shape[0] > 1 and streamer is not None:
+            raise ValueError("A streamer follows one prompt: pass the inputs of one question.")
+        image_inputs = {
+            "pixel_values": pixel_values,
+            "question_input_ids": question_input_ids,
+            "question_attention_mask": question_attention_mask,
+            "image_features": image_features,
+        }
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        answers = []
+        for row in range(input_ids.shape[0]):
+            prompt = input_ids[row : row + 1, mask[row].bool()]
+            row_inputs = {name: value[row : row + 1] for name, value in image_inputs.items() if value is not None}
+            answers.append(self._generate_one(prompt, max_new_tokens, streamer, **row_inputs))
+        pad = self.generation_config.pad_token_id
+        pad = pad if pad is not None else min(self._eos_ids, default=0)
+        width = max(len(answer) for answer in answers)
+        padded = [answer + [pad] * (width - len(answer)) for answer in answers]
+        return torch.cat([input_ids, torch.tensor(padded, dtype=input_ids.dtype).reshape(len(answers), width)], dim=1)
+
+    def _generate_one(self, input_ids: torch.LongTensor, max_new_tokens, streamer, **image_inputs) -> list[int]:
+        """The greedy answer ids to one unpadded prompt `(1, prompt_length)`."""
+        self._check_prompt(input_ids)
         max_new_tokens = max_new_tokens or self.generation_config.max_new_tokens or 32
         max_new_tokens = min(max_new_tokens, self.context_length - input_ids.shape[1])
-        eos_ids = self.generation_config.eos_token_id
-        eos_ids = {eos_ids} if isinstance(eos_ids, int) else set(eos_ids or ())
+        eos_ids = self._eos_ids
         if streamer is not None:
             streamer.put(input_ids.cpu())
         embeddings = self.prompt_embeddings(input_ids, **image_inputs).astype(self._dtype)
@@ -157,7 +187,7 @@ class BcQLMOnnxForConditionalGeneration:
         for _ in range(max_new_tokens):
             length = input_ids.shape[1] + len(new_tokens)
             feeds = {self._embeds_name: embeddings, self._mask_name: np.ones((1, length), np.int64), **cache}
-            outputs = dict(zip([o.name for o in self.session.get_outputs()], self.session.run(None, feeds)))
+            outputs = dict(zip(self._output_names, self.session.run(self._output_names, feeds)))
             token = int(outputs[self._logits_name][0, -1].argmax())
             new_tokens.append(token)
             if streamer is not None:
@@ -169,4 +199,4 @@ class BcQLMOnnxForConditionalGeneration:
                 embeddings = self.front.get_input_embeddings()(torch.tensor([[token]])).numpy().astype(self._dtype)
         if streamer is not None:
             streamer.end()
-        return torch.cat([input_ids, torch.tensor([new_tokens], dtype=input_ids.dtype)], dim=1)
+        return new_tokens
