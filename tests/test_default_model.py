@@ -156,6 +156,17 @@ def test_model_card_command_answers_from_the_repository_root(monkeypatch, capsys
     assert capsys.readouterr().out == questions[question] + "\n"
 
 
+def test_bcqlm_ask_streams_the_answer_it_prints(capsys, example):
+    questions, _ = example
+    for question in list(questions)[:4]:
+        main(["ask", "--image", str(EXAMPLE_IMAGE), "--question", question, "--no_notice"])
+        printed = capsys.readouterr().out
+        main(["ask", "--image", str(EXAMPLE_IMAGE), "--question", question, "--no_notice", "--stream"])
+        assert capsys.readouterr().out == printed
+    with pytest.raises(SystemExit, match="--stream prints one answer"):
+        main(["ask", "--image", str(EXAMPLE_IMAGE), "--question", question, "--stream", "--top_k", "2"])
+
+
 def test_bcqlm_ask_needs_neither_torchvision_nor_timm(tmp_path, example):
     """The test environment has both (for the conversion tests); the package must work where they are missing."""
     questions, _ = example

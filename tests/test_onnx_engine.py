@@ -161,7 +161,11 @@ def test_bcqlm_export_then_ask_answers_as_the_pytorch_model(tmp_path, capsys):
         generated = model.generate(**inputs, max_new_tokens=8, do_sample=False)[:, inputs["input_ids"].shape[1] :]
         main(["ask", "--model", str(tmp_path / "onnx"), "--image", str(tmp_path / "scene.png"),
               "--question", row["question"], "--max_new_tokens", "8"])  # fmt: skip
-        assert capsys.readouterr().out == processor.post_process_image_text_to_text(generated)[0].strip() + "\n"
+        expected = processor.post_process_image_text_to_text(generated)[0].strip() + "\n"
+        assert capsys.readouterr().out == expected
+        main(["ask", "--model", str(tmp_path / "onnx"), "--image", str(tmp_path / "scene.png"),
+              "--question", row["question"], "--max_new_tokens", "8", "--stream"])  # fmt: skip
+        assert capsys.readouterr().out == expected
     with pytest.raises(SystemExit, match="is an ONNX export: it answers greedily on the CPU"):
         main(["ask", "--model", str(tmp_path / "onnx"), "--image", str(EXAMPLE_IMAGE), "--question", "q?", "--top_k", "2"])
 

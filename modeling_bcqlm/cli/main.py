@@ -50,6 +50,7 @@ def _parse_args(argv):
     ask.add_argument("--max_new_tokens", type=int, default=16, help="The longest answer, in decoder tokens.")
     ask.add_argument("--device", default="cpu", help="Where the model runs: 'cpu', 'cuda', 'cuda:1', 'mps', ...")
     ask.add_argument("--timeout", type=float, default=10.0, help="Seconds to wait for an image URL's server.")
+    ask.add_argument("--stream", action="store_true", help="Print the answer's tokens as they are generated.")
     ask.add_argument("--trust_remote_code", action="store_true", help="Allow code from a Hub model repository.")
     ask.add_argument("--no_notice", action="store_true", help="Do not print the bundled model's note on stderr.")
     export = commands.add_parser("export", help="Export a BcQLM for an inference engine (its decoder).")
@@ -67,6 +68,8 @@ def _check_args(args) -> None:
         return
     if args.top_k < 1:
         raise CommandError("--top_k must be at least 1.")
+    if args.stream and args.top_k > 1:
+        raise CommandError("--stream prints one answer as it is generated: drop --top_k.")
     if args.max_new_tokens < 1:
         raise CommandError("--max_new_tokens must be at least 1.")
     if not args.timeout > 0:
@@ -134,6 +137,24 @@ def _answer(args) -> list[dict]:
     return _answer_with_torch(args, model_path)
 
 
+def _streaming(args, processor) -> dict:
+    """`{"streamer": ...}` printing the answer as it is generated (with `--stream`), else nothing."""
+    if not args.stream:
+        return {}
+    from transformers import TextStreamer
+
+    class AnswerStreamer(TextStreamer):
+        """Prints the new tokens' text; the answer's leading space is dropped, as the printed answers drop it."""
+
+        started = False
+
+        def on_finalized_text(self, text: str, stream_end: bool = False):
+            text, self.started = (text if self.started else text.lstrip()), self.started or bool(text.strip())
+            super().on_finalized_text(text, stream_end)
+
+    return {"streamer": AnswerStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)}
+
+
 def _answer_with_torch(args, model_path: str) -> list[dict]:
     from safetensors import SafetensorError
     from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedConfig
@@ -156,6 +177,7 @@ def _answer_with_torch(args, model_path: str) -> list[dict]:
         top_k=args.top_k,
         max_new_tokens=args.max_new_tokens,
         timeout=args.timeout,
+        **_streaming(args, processor),
     )
 
 
@@ -173,7 +195,7 @@ def _answer_with_onnx(args, model_path: str) -> list[dict]:
     processor = BcQLMProcessor.from_pretrained(model_path)
     image = processor.image_processor.fetch_images(args.image, timeout=args.timeout)
     inputs = processor(images=image, text=args.question, return_tensors="pt")
-    generated = model.generate(**inputs, max_new_tokens=args.max_new_tokens)
+    generated = model.generate(**inputs, max_new_tokens=args.max_new_tokens, **_streaming(args, processor))
     answer = processor.post_process_image_text_to_text(generated[:, inputs["input_ids"].shape[1] :])[0]
     return [{"answer": answer.strip(), "score": None}]
 
@@ -200,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         answers = _answer(args)
     except (CommandError, OSError, ValueError) as error:  # a missing model or image, an unreadable file
         sys.exit(f"bcqlm: error: {error}")
+    if args.stream:
+        return 0  # printed as generated
     if args.top_k == 1:
         print(answers[0]["answer"])
     else:
