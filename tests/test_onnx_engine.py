@@ -6,6 +6,7 @@ import shlex
 import onnx
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
 from transformers import AutoConfig, AutoProcessor
 
@@ -14,6 +15,7 @@ from modeling_bcqlm.cli.main import main
 from modeling_bcqlm.data.synthetic_shapes import make_synthetic_vqa
 from modeling_bcqlm.engines.onnx_export import export_onnx
 from modeling_bcqlm.engines.onnx_model import BcQLMOnnxForConditionalGeneration, is_onnx_folder
+from modeling_bcqlm.pipeline_bcqlm import BcQLMVisualQuestionAnsweringPipeline
 
 from .helpers import make_model_and_processor
 from .test_default_model import EXAMPLE_IMAGE, ROOT
@@ -112,6 +114,20 @@ def test_a_left_padded_batch_answers_as_its_prompts_one_by_one(model_and_process
         assert answer[: len(expected)] == expected.tolist() and set(answer[len(expected) :]) <= {pad}, question
 
 
+@pytest.mark.parametrize("top_k", [1, 3])
+def test_vqa_pipeline_answers_and_scores_as_with_pytorch(top_k, model_and_processor, exports):
+    model, processor = model_and_processor
+    engine = BcQLMOnnxForConditionalGeneration.from_pretrained(exports["fp32"])
+    images = [Image.fromarray(random_image(seed)) for seed in range(2)]
+    expected = BcQLMVisualQuestionAnsweringPipeline(model=model, processor=processor)
+    onnx = BcQLMVisualQuestionAnsweringPipeline(model=engine, processor=processor)
+    for image, question in zip(images, QUESTIONS):
+        answers = onnx(image=image, question=question, top_k=top_k, max_new_tokens=5)
+        reference = expected(image=image, question=question, top_k=top_k, max_new_tokens=5)
+        assert [answer["answer"] for answer in answers] == [answer["answer"] for answer in reference]
+        assert [answer["score"] for answer in answers] == pytest.approx([a["score"] for a in reference], rel=1e-4)
+
+
 def test_streamer_gets_the_prompt_then_each_new_token(model_and_processor, exports):
     class Collect:
         def __init__(self):
@@ -138,7 +154,7 @@ def test_batches_padding_and_bad_folders_get_clear_errors(model_and_processor, e
     _, processor = model_and_processor
     engine = BcQLMOnnxForConditionalGeneration.from_pretrained(exports["fp32"])
     batch = processor(images=[EXAMPLE_IMAGE] * 2, text=["is it red?", "how many shapes are there?"], return_tensors="pt")
-    with pytest.raises(ValueError, match="A streamer follows one prompt"):
+    with pytest.raises(ValueError, match="streams and scores unpadded prompts: pass one question at a time"):
         engine.generate(**batch, streamer=object())
     with pytest.raises(ValueError, match="is not a folder written by `export_onnx`"):
         BcQLMOnnxForConditionalGeneration.from_pretrained(tiny_folder)
@@ -166,8 +182,9 @@ def test_bcqlm_export_then_ask_answers_as_the_pytorch_model(tmp_path, capsys):
         main(["ask", "--model", str(tmp_path / "onnx"), "--image", str(tmp_path / "scene.png"),
               "--question", row["question"], "--max_new_tokens", "8", "--stream"])  # fmt: skip
         assert capsys.readouterr().out == expected
-    with pytest.raises(SystemExit, match="is an ONNX export: it answers greedily on the CPU"):
-        main(["ask", "--model", str(tmp_path / "onnx"), "--image", str(EXAMPLE_IMAGE), "--question", "q?", "--top_k", "2"])
+    main(["ask", "--model", str(tmp_path / "onnx"), "--image", str(EXAMPLE_IMAGE), "--question", "is it red?", "--top_k", "2"])
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 2 and 1.0 >= float(lines[0][0]) >= float(lines[1][0]) > 0.0  # scored answers, by beam search
 
 
 def test_readme_export_and_ask_commands(tmp_path, monkeypatch, capsys):

@@ -9,7 +9,7 @@ The `bcqlm` console command.
 `ask` answers with BcQLM's visual-question-answering pipeline; the model defaults to the small BcQLM shipped with the
 package (`modeling_bcqlm.DEFAULT_MODEL`, trained on synthetic shape scenes), and then says so once on stderr
 (`--no_notice` or `BCQLM_NO_NOTICE=1` silences it). `export` writes a folder whose decoder runs on ONNX Runtime, which
-`ask --model` answers from as from any BcQLM folder (greedy answers). Arguments and local model folders are checked
+`ask --model` answers from as from any BcQLM folder. Arguments and local model folders are checked
 before torch and transformers are imported, so that mistakes are reported at once.
 """
 
@@ -122,21 +122,6 @@ def _check_device(device: str) -> None:
         )
 
 
-def _answer(args) -> list[dict]:
-    """Load the model and its processor and answer `args.question` about `args.image`: `[{"answer", "score"}]`."""
-    from transformers.utils import logging
-
-    from .. import DEFAULT_MODEL, register_auto_classes
-    from ..engines.onnx_model import is_onnx_folder
-
-    register_auto_classes()
-    logging.disable_progress_bar()  # loading a model of a few MB needs none; the command prints the answer only
-    model_path = args.model or DEFAULT_MODEL
-    if is_onnx_folder(model_path):
-        return _answer_with_onnx(args, model_path)
-    return _answer_with_torch(args, model_path)
-
-
 def _streaming(args, processor) -> dict:
     """`{"streamer": ...}` printing the answer as it is generated (with `--stream`), else nothing."""
     if not args.stream:
@@ -155,21 +140,19 @@ def _streaming(args, processor) -> dict:
     return {"streamer": AnswerStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)}
 
 
-def _answer_with_torch(args, model_path: str) -> list[dict]:
-    from safetensors import SafetensorError
-    from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedConfig
+def _answer(args) -> list[dict]:
+    """Load the model and its processor and answer `args.question` about `args.image`: `[{"answer", "score"}]`."""
+    from transformers import AutoProcessor
+    from transformers.utils import logging
 
+    from .. import DEFAULT_MODEL, register_auto_classes
     from ..pipeline_bcqlm import BcQLMVisualQuestionAnsweringPipeline
 
-    try:
-        _check_model_type(PreTrainedConfig.get_config_dict(model_path)[0], model_path)
-        model = AutoModelForImageTextToText.from_pretrained(model_path, trust_remote_code=args.trust_remote_code)
-        processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=args.trust_remote_code)
-    except SafetensorError as error:
-        raise CommandError(
-            f"The weights of {model_path!r} cannot be read ({error}): the file is incomplete or damaged. Download or "
-            "save the model again."
-        ) from error
+    register_auto_classes()
+    logging.disable_progress_bar()  # loading a model of a few MB needs none; the command prints the answer only
+    model_path = args.model or DEFAULT_MODEL
+    model = _load_model(model_path, args)
+    processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=args.trust_remote_code)
     vqa = BcQLMVisualQuestionAnsweringPipeline(model=model, processor=processor, device=args.device)
     return vqa(
         image=args.image,
@@ -181,23 +164,25 @@ def _answer_with_torch(args, model_path: str) -> list[dict]:
     )
 
 
-def _answer_with_onnx(args, model_path: str) -> list[dict]:
-    """Greedy answer of a folder written by `bcqlm export` (its decoder on ONNX Runtime); no score."""
-    from ..engines.onnx_model import BcQLMOnnxForConditionalGeneration
-    from ..processing_bcqlm import BcQLMProcessor
+def _load_model(model_path: str, args):
+    """The BcQLM at `model_path`: on ONNX Runtime for a folder written by `bcqlm export`, else in PyTorch."""
+    from safetensors import SafetensorError
+    from transformers import AutoModelForImageTextToText, PreTrainedConfig
 
-    if args.top_k > 1 or args.device != "cpu":
+    from ..engines.onnx_model import BcQLMOnnxForConditionalGeneration, is_onnx_folder
+
+    if is_onnx_folder(model_path):
+        if args.device != "cpu":
+            raise CommandError(f"{model_path!r} is an ONNX export: it runs on the CPU (--device cpu).")
+        return BcQLMOnnxForConditionalGeneration.from_pretrained(model_path)
+    try:
+        _check_model_type(PreTrainedConfig.get_config_dict(model_path)[0], model_path)
+        return AutoModelForImageTextToText.from_pretrained(model_path, trust_remote_code=args.trust_remote_code)
+    except SafetensorError as error:
         raise CommandError(
-            f"{model_path!r} is an ONNX export: it answers greedily on the CPU (--top_k 1, --device cpu). For scored "
-            "answers or another device, pass the PyTorch model it was exported from."
-        )
-    model = BcQLMOnnxForConditionalGeneration.from_pretrained(model_path)
-    processor = BcQLMProcessor.from_pretrained(model_path)
-    image = processor.image_processor.fetch_images(args.image, timeout=args.timeout)
-    inputs = processor(images=image, text=args.question, return_tensors="pt")
-    generated = model.generate(**inputs, max_new_tokens=args.max_new_tokens, **_streaming(args, processor))
-    answer = processor.post_process_image_text_to_text(generated[:, inputs["input_ids"].shape[1] :])[0]
-    return [{"answer": answer.strip(), "score": None}]
+            f"The weights of {model_path!r} cannot be read ({error}): the file is incomplete or damaged. Download or "
+            "save the model again."
+        ) from error
 
 
 def _export(args) -> None:

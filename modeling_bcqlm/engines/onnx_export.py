@@ -19,10 +19,10 @@ from pathlib import Path
 from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from ..modeling_bcqlm import BcQLMForConditionalGeneration
+from ..modeling_bcqlm import BcQLMForConditionalGeneration, BcQLMModel
 from ..processing_bcqlm import BcQLMProcessor
 from . import ONNX_PRECISIONS
-from .onnx_model import DECODER_FOLDER, FRONT_WEIGHTS, front_model
+from .onnx_model import DECODER_FOLDER, FRONT_WEIGHTS, without_decoder_layers
 
 
 def _import_builder():
@@ -59,7 +59,7 @@ def export_onnx(model_path: str | Path, output_dir: str | Path, precision: str =
     builder = _import_builder()
     model = BcQLMForConditionalGeneration.from_pretrained(model_path).eval()
     processor = BcQLMProcessor.from_pretrained(model_path)
-    front = front_model(model.config)
+    front = BcQLMModel(without_decoder_layers(model.config))
     missing, _ = front.load_state_dict(model.model.state_dict(), strict=False)
     if missing:
         raise RuntimeError(f"The front of the model lacks weights: {missing}")

@@ -7,15 +7,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file
-from transformers import GenerationConfig
+from torch import nn
+from transformers import DynamicCache, GenerationConfig
+from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from ..configuration_bcqlm import BcQLMConfig
-from ..modeling_bcqlm import BcQLMModel
+from ..modeling_bcqlm import BcQLMForConditionalGeneration
 
 
 FRONT_WEIGHTS = "front.safetensors"
 DECODER_FOLDER = "onnx"
 NUMPY_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+# The name of the key/value cache in model inputs and outputs: `cache` from transformers 5.24, `past_key_values` before.
+CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 def import_onnxruntime():
@@ -31,19 +35,84 @@ def is_onnx_folder(folder: str | Path) -> bool:
     return (Path(folder) / DECODER_FOLDER / "genai_config.json").is_file()
 
 
-def front_model(config: BcQLMConfig) -> BcQLMModel:
-    """A `BcQLMModel` of `config` without decoder layers: the parts that stay in PyTorch."""
+def without_decoder_layers(config: BcQLMConfig) -> BcQLMConfig:
+    """`config` with no decoder layers: the parts of BcQLM that stay in PyTorch."""
     config = copy.deepcopy(config)
     config.text_config.num_hidden_layers = 0
     config.text_config.layer_types = []
-    return BcQLMModel(config).eval()
+    return config
 
 
-class BcQLMOnnxForConditionalGeneration:
+class OnnxDecoder(nn.Module):
     """
-    BcQLM with its decoder on ONNX Runtime (CPU), for greedy answers. It takes the processor's outputs as
-    `BcQLMForConditionalGeneration.generate` does and returns the same ids; with a decoder exported in fp32 the answers
-    are those of PyTorch.
+    BcQLM's decoder and LM head on an ONNX Runtime session, in place of its language model: it takes what `BcQLMModel`
+    passes the language model (`inputs_embeds` `(batch_size, sequence_length, hidden_size)`, the attention mask and
+    the key/value cache) and returns the logits `(batch_size, sequence_length, vocab_size)` as its last hidden state.
+    """
+
+    def __init__(self, session, decoder_config: dict, embed_tokens: nn.Embedding):
+        super().__init__()
+        self.session = session
+        self.embed_tokens = embed_tokens
+        inputs, outputs = decoder_config["inputs"], decoder_config["outputs"]
+        self.num_layers = decoder_config["num_hidden_layers"]
+        self.cache_names = [
+            [(inputs[f"past_{kind}_names"] % n, outputs[f"present_{kind}_names"] % n) for kind in ("key", "value")]
+            for n in range(self.num_layers)
+        ]
+        self.embeds_name, self.mask_name = inputs["inputs_embeds"], inputs["attention_mask"]
+        self.logits_name = outputs["logits"]
+        self.cache_shape = (decoder_config["num_key_value_heads"], decoder_config["head_size"])
+        self.output_names = [output.name for output in session.get_outputs()]
+        self.numpy_dtype = NUMPY_DTYPES[{i.name: i.type for i in session.get_inputs()}[self.embeds_name]]
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def _past(self, cache: DynamicCache | None, batch_size: int) -> dict[str, np.ndarray]:
+        """The session's `past_*` inputs: the cache's keys and values, or empty ones before the prefill."""
+        if cache is None or cache.get_seq_length() == 0:
+            empty = np.zeros((batch_size, self.cache_shape[0], 0, self.cache_shape[1]), self.numpy_dtype)
+            return {past: empty for names in self.cache_names for past, _ in names}
+        feeds = {}
+        for layer, ((past_keys, _), (past_values, _)) in enumerate(self.cache_names):
+            feeds[past_keys] = cache.layers[layer].keys.numpy().astype(self.numpy_dtype)
+            feeds[past_values] = cache.layers[layer].values.numpy().astype(self.numpy_dtype)
+        return feeds
+
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None, use_cache=None, **kwargs):
+        """Logits `(batch_size, sequence_length, vocab_size)` as `last_hidden_state`, and the updated cache."""
+        cache = kwargs.get(CACHE_NAME)
+        batch_size, length = inputs_embeds.shape[:2]
+        past_length = cache.get_seq_length() if cache is not None else 0
+        if attention_mask is None:
+            attention_mask = torch.ones(batch_size, past_length + length, dtype=torch.long)
+        if not bool(attention_mask.all()):
+            raise ValueError(
+                "The ONNX decoder takes unpadded prompts (its attention derives positions from the mask): "
+                "`BcQLMOnnxForConditionalGeneration.generate` answers the prompts of a padded batch one by one."
+            )
+        feeds = {
+            self.embeds_name: inputs_embeds.detach().float().numpy().astype(self.numpy_dtype),
+            self.mask_name: attention_mask.numpy().astype(np.int64),
+            **self._past(cache, batch_size),
+        }
+        outputs = dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+        if use_cache is not False:
+            cache = cache if cache is not None else DynamicCache()
+            for layer, ((_, key), (_, value)) in enumerate(self.cache_names):
+                new_keys, new_values = (torch.from_numpy(outputs[name][:, :, past_length:]) for name in (key, value))
+                cache.update(new_keys, new_values, layer)
+        logits = torch.from_numpy(outputs[self.logits_name]).float()
+        return BaseModelOutputWithPast(last_hidden_state=logits, **{CACHE_NAME: None if use_cache is False else cache})
+
+
+class BcQLMOnnxForConditionalGeneration(BcQLMForConditionalGeneration):
+    """
+    BcQLM with its decoder on ONNX Runtime (CPU): `BcQLMForConditionalGeneration` with the decoder layers and LM head
+    replaced by an [`OnnxDecoder`], so that `generate` (greedy, beam search, streamers, scores) and the VQA pipeline
+    work as with PyTorch; the image tower, question encoder and Q-GCAM run in PyTorch, once per prompt. With a
+    decoder exported in fp32 the answers are those of PyTorch. The prompts of a left-padded batch run one by one.
 
     Example:
 
@@ -57,27 +126,6 @@ class BcQLMOnnxForConditionalGeneration:
     ```
     """
 
-    device = torch.device("cpu")
-
-    def __init__(self, config: BcQLMConfig, front: BcQLMModel, session, decoder_config: dict, generation_config):
-        self.config = config
-        self.front = front
-        self.session = session
-        self.generation_config = generation_config
-        self.context_length = decoder_config["context_length"]
-        decoder = decoder_config["decoder"]
-        names = decoder["inputs"], decoder["outputs"]
-        self._cache_names = [
-            (names[0][f"past_{kind}_names"] % layer, names[1][f"present_{kind}_names"] % layer)
-            for layer in range(decoder["num_hidden_layers"])
-            for kind in ("key", "value")
-        ]
-        self._embeds_name, self._mask_name = names[0]["inputs_embeds"], names[0]["attention_mask"]
-        self._logits_name = names[1]["logits"]
-        self._output_names = [output.name for output in session.get_outputs()]
-        self._cache_shape = (decoder["num_key_value_heads"], decoder["head_size"])
-        self._dtype = NUMPY_DTYPES[{i.name: i.type for i in session.get_inputs()}[self._embeds_name]]
-
     @classmethod
     def from_pretrained(cls, folder: str | Path, num_threads: int | None = None) -> "BcQLMOnnxForConditionalGeneration":
         """Load an exported folder; the decoder runs on `num_threads` threads (torch's number by default)."""
@@ -86,117 +134,34 @@ class BcQLMOnnxForConditionalGeneration:
         if not is_onnx_folder(folder):
             raise ValueError(f"{str(folder)!r} is not a folder written by `export_onnx` (it has no onnx/ folder).")
         config = BcQLMConfig.from_pretrained(folder)
-        front = front_model(config)
-        front.load_state_dict(load_file(folder / FRONT_WEIGHTS))
+        model = cls(without_decoder_layers(config))
+        model.config = config  # the decoder's real shape, for the generation cache
+        model.model.load_state_dict(load_file(folder / FRONT_WEIGHTS))
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = num_threads or torch.get_num_threads()
-        decoder_config = json.loads((folder / DECODER_FOLDER / "genai_config.json").read_text())["model"]
+        decoder_config = json.loads((folder / DECODER_FOLDER / "genai_config.json").read_text())["model"]["decoder"]
         session = onnxruntime.InferenceSession(
-            str(folder / DECODER_FOLDER / decoder_config["decoder"]["filename"]),
-            options,
-            providers=["CPUExecutionProvider"],
+            str(folder / DECODER_FOLDER / decoder_config["filename"]), options, providers=["CPUExecutionProvider"]
         )
-        generation_config = GenerationConfig.from_model_config(config.text_config)
+        embed_tokens = model.model.language_model.embed_tokens
+        model.model.language_model = OnnxDecoder(session, decoder_config, embed_tokens)
+        model.lm_head = nn.Identity()  # the session returns logits
         if (folder / "generation_config.json").is_file():
-            generation_config = GenerationConfig.from_pretrained(folder)
-        return cls(config, front, session, decoder_config, generation_config)
+            model.generation_config = GenerationConfig.from_pretrained(folder)
+        return model.eval()
 
-    @torch.no_grad()
-    def prompt_embeddings(
-        self,
-        input_ids: torch.LongTensor,
-        pixel_values: torch.FloatTensor | None = None,
-        question_input_ids: torch.LongTensor | None = None,
-        question_attention_mask: torch.Tensor | None = None,
-        image_features: torch.FloatTensor | None = None,
-    ) -> np.ndarray:
-        """The decoder's input embeddings of the prompt, visual tokens included: `(1, sequence_length, hidden_size)`."""
-        if pixel_values is None and image_features is None:
-            return self.front.get_input_embeddings()(input_ids).numpy()
-        if image_features is None:
-            image_features = self.front.get_image_features(pixel_values).pooler_output
-        fused = self.front.get_fused_image_features(image_features, question_input_ids, question_attention_mask)
-        return self.front.embed_prompt(input_ids, fused).numpy()
-
-    @property
-    def _eos_ids(self) -> set[int]:
-        eos = self.generation_config.eos_token_id
-        return {eos} if isinstance(eos, int) else set(eos or ())
-
-    def _check_prompt(self, input_ids: torch.LongTensor) -> None:
-        if input_ids.shape[1] >= self.context_length:
-            raise ValueError(
-                f"The prompt is {input_ids.shape[1]} tokens long; the exported decoder reads at most "
-                f"{self.context_length} positions. Shorten the question."
-            )
-
-    def generate(
-        self,
-        input_ids: torch.LongTensor,
-        attention_mask: torch.Tensor | None = None,
-        pixel_values: torch.FloatTensor | None = None,
-        question_input_ids: torch.LongTensor | None = None,
-        question_attention_mask: torch.Tensor | None = None,
-        image_features: torch.FloatTensor | None = None,
-        max_new_tokens: int | None = None,
-        streamer=None,
-        do_sample: bool = False,
-        num_beams: int = 1,
-    ) -> torch.LongTensor:
-        """
-        Greedy decoding of `input_ids` `(batch_size, prompt_length)` (left-padded, as the processor pads) with the
-        processor's image and question inputs (`pixel_values`, `question_input_ids`, `question_attention_mask`) or
-        `image_features`. Returns the prompts and answers `(batch_size, prompt_length + new_tokens)`, answers ending at
-        the end-of-text token and padded with the pad token, as `generate` returns them. The prompts of a batch run
-        one after the other. A `streamer` (e.g. `TextStreamer`, one prompt only) gets the prompt, then each new token.
-        """
-        if do_sample or num_beams != 1:
-            raise ValueError("The ONNX engine decodes greedily: drop `do_sample` and `num_beams`.")
-        if input_ids.shape[0] > 1 and streamer is not None:
-            raise ValueError("A streamer follows one prompt: pass the inputs of one question.")
-        image_inputs = {
-            "pixel_values": pixel_values,
-            "question_input_ids": question_input_ids,
-            "question_attention_mask": question_attention_mask,
-            "image_features": image_features,
-        }
-        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        answers = []
+    def generate(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None, **kwargs):
+        """`generate`, with the prompts of a left-padded batch answered one by one (ids only) and padded as it pads."""
+        if input_ids is None or attention_mask is None or input_ids.shape[0] == 1 or bool(attention_mask.all()):
+            return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        if kwargs.get("return_dict_in_generate") or kwargs.get("streamer") is not None:
+            raise ValueError("The ONNX engine streams and scores unpadded prompts: pass one question at a time.")
+        rows = []
         for row in range(input_ids.shape[0]):
-            prompt = input_ids[row : row + 1, mask[row].bool()]
-            row_inputs = {name: value[row : row + 1] for name, value in image_inputs.items() if value is not None}
-            answers.append(self._generate_one(prompt, max_new_tokens, streamer, **row_inputs))
+            keep = attention_mask[row].bool()
+            row_kwargs = {k: v[row : row + 1] if torch.is_tensor(v) else v for k, v in kwargs.items()}
+            generated = super().generate(input_ids=input_ids[row : row + 1, keep], **row_kwargs)
+            rows.append(generated[0, int(keep.sum()) :])
         pad = self.generation_config.pad_token_id
-        pad = pad if pad is not None else min(self._eos_ids, default=0)
-        width = max(len(answer) for answer in answers)
-        padded = [answer + [pad] * (width - len(answer)) for answer in answers]
-        return torch.cat([input_ids, torch.tensor(padded, dtype=input_ids.dtype).reshape(len(answers), width)], dim=1)
-
-    def _generate_one(self, input_ids: torch.LongTensor, max_new_tokens, streamer, **image_inputs) -> list[int]:
-        """The greedy answer ids to one unpadded prompt `(1, prompt_length)`."""
-        self._check_prompt(input_ids)
-        max_new_tokens = max_new_tokens or self.generation_config.max_new_tokens or 32
-        max_new_tokens = min(max_new_tokens, self.context_length - input_ids.shape[1])
-        eos_ids = self._eos_ids
-        if streamer is not None:
-            streamer.put(input_ids.cpu())
-        embeddings = self.prompt_embeddings(input_ids, **image_inputs).astype(self._dtype)
-        empty = np.zeros((1, self._cache_shape[0], 0, self._cache_shape[1]), self._dtype)
-        cache = {past: empty for past, _ in self._cache_names}
-        new_tokens = []
-        for _ in range(max_new_tokens):
-            length = input_ids.shape[1] + len(new_tokens)
-            feeds = {self._embeds_name: embeddings, self._mask_name: np.ones((1, length), np.int64), **cache}
-            outputs = dict(zip(self._output_names, self.session.run(self._output_names, feeds)))
-            token = int(outputs[self._logits_name][0, -1].argmax())
-            new_tokens.append(token)
-            if streamer is not None:
-                streamer.put(torch.tensor([token]))
-            if token in eos_ids:
-                break
-            cache = {past: outputs[present] for past, present in self._cache_names}
-            with torch.no_grad():
-                embeddings = self.front.get_input_embeddings()(torch.tensor([[token]])).numpy().astype(self._dtype)
-        if streamer is not None:
-            streamer.end()
-        return new_tokens
+        answers = nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad if pad is not None else 0)
+        return torch.cat([input_ids, answers], dim=1)
