@@ -8,8 +8,10 @@
 
 The data file (`.jsonl`, `.csv` or `.json`) holds an image path and a caption per row. The student starts from
 `--student_name_or_path` (a BreezeCLIP folder) or is built fresh from `--student_config` (default: the paper's
-BreezeCLIP). The output folder holds the student (`BreezeCLIPModel`), its image processor and tokenizer, the
-checkpoints (student only; never the teacher) and `all_results.json`. Runs under `accelerate launch` as well.
+BreezeCLIP). `--patch_distillation_weight` adds the distance between each cell of the student's image features and the
+teacher's patch tokens pooled to it. The output folder holds the student (`BreezeCLIPModel`), its image processor and
+tokenizer, the checkpoints (student only; never the teacher) and `all_results.json`. Runs under `accelerate launch` as
+well.
 """
 
 import logging
@@ -18,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+import torch
 import transformers
 from transformers import AutoModel, AutoProcessor, AutoTokenizer, HfArgumentParser, set_seed
 
@@ -66,11 +69,13 @@ class DistillationScriptArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Use the first N training pairs only."})
 
 
-def load_student(script_args: DistillationScriptArguments, teacher_projection_dim: int):
-    """The student model, its image processor and its tokenizer."""
+def load_student(script_args: DistillationScriptArguments, teacher_projection_dim: int, teacher_patch_dim: int | None):
+    """The student model (with a patch map to `teacher_patch_dim` when given), its image processor and its tokenizer."""
     if script_args.student_name_or_path is not None:
         model = BreezeCLIPForDistillation.from_pretrained(
-            script_args.student_name_or_path, teacher_projection_dim=teacher_projection_dim
+            script_args.student_name_or_path,
+            teacher_projection_dim=teacher_projection_dim,
+            teacher_patch_dim=teacher_patch_dim,
         )
         source = script_args.student_name_or_path
         image_processor = BcQLMImageProcessor.from_pretrained(source)
@@ -83,7 +88,9 @@ def load_student(script_args: DistillationScriptArguments, teacher_projection_di
         config = (
             BreezeCLIPConfig.from_json_file(script_args.student_config) if script_args.student_config else BreezeCLIPConfig()
         )
-        model = BreezeCLIPForDistillation(config, teacher_projection_dim=teacher_projection_dim)
+        model = BreezeCLIPForDistillation(
+            config, teacher_projection_dim=teacher_projection_dim, teacher_patch_dim=teacher_patch_dim
+        )
         source = script_args.student_tokenizer
         size = config.vision_config.image_size
         image_processor = BcQLMImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
@@ -96,6 +103,16 @@ def load_student(script_args: DistillationScriptArguments, teacher_projection_di
     return model, image_processor, tokenizer
 
 
+@torch.no_grad()
+def patch_grid(model: BreezeCLIPForDistillation) -> int:
+    """The side of the student's square grid of patch features, from one blank image through its tower in eval mode."""
+    config, training = model.config.vision_config, model.training
+    blank = torch.zeros(1, config.num_channels, config.image_size, config.image_size)
+    features = model.eval().breezeclip.get_image_features(blank)
+    model.train(training)
+    return round(features.last_hidden_state.shape[1] ** 0.5)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = HfArgumentParser((DistillationScriptArguments, BreezeCLIPDistillationArguments))
     script_args, training_args = parser.parse_args_into_dataclasses(args=argv)
@@ -105,7 +122,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     teacher = AutoModel.from_pretrained(script_args.teacher_name_or_path)
     teacher_processor = AutoProcessor.from_pretrained(script_args.teacher_name_or_path)
-    model, image_processor, tokenizer = load_student(script_args, teacher.config.projection_dim)
+    distil_patches = training_args.patch_distillation_weight > 0
+    teacher_patch_dim = teacher.config.vision_config.hidden_size if distil_patches else None
+    model, image_processor, tokenizer = load_student(script_args, teacher.config.projection_dim, teacher_patch_dim)
 
     def load(path):
         return load_caption_file(
@@ -131,7 +150,12 @@ def main(argv: list[str] | None = None) -> dict:
         with training_args.main_process_first(desc="teacher embeddings"):
             train_dataset, eval_dataset = [
                 precompute_teacher_embeddings(
-                    dataset, teacher, teacher_processor, batch_size=training_args.per_device_eval_batch_size, cache_dir=cache_dir
+                    dataset,
+                    teacher,
+                    teacher_processor,
+                    batch_size=training_args.per_device_eval_batch_size,
+                    cache_dir=cache_dir,
+                    patch_grid=patch_grid(model) if distil_patches else None,
                 )
                 if dataset is not None
                 else None

@@ -27,6 +27,8 @@ from modeling_bcqlm.training import (
     affinity_distillation_loss,
     feature_distillation_loss,
     freeze_for_stage2,
+    patch_distillation_loss,
+    pool_patch_tokens,
     precompute_teacher_embeddings,
     unfreeze,
 )
@@ -507,3 +509,89 @@ def test_vqa_training_resumes_to_the_same_weights(tmp_path):
         return Trainer(model=model, args=args, train_dataset=dataset, data_collator=BcQLMVQACollator(processor))
 
     assert_resumed_run_matches(make_trainer, tmp_path)
+
+
+# Patch distillation: the teacher's patch tokens, pooled to the student's grid, teach each cell of the tower.
+
+
+def make_patch_student(seed: int = 0) -> BreezeCLIPForDistillation:
+    torch.manual_seed(seed)
+    return BreezeCLIPForDistillation(tiny_breezeclip_config(), teacher_projection_dim=20, teacher_patch_dim=32)
+
+
+def test_pool_patch_tokens_drops_the_class_token_and_averages_cells():
+    patches = torch.arange(16.0).reshape(1, 16, 1)  # a 4 x 4 grid, row-major
+    tokens = torch.cat([torch.full((1, 1, 1), -100.0), patches], dim=1)  # class token first
+    pooled = pool_patch_tokens(tokens, 2)
+    assert pooled.shape == (1, 4, 1)
+    assert pooled.flatten().tolist() == [2.5, 4.5, 10.5, 12.5]
+    torch.testing.assert_close(pool_patch_tokens(patches, 4), patches)
+
+
+def test_patch_distillation_loss_by_hand():
+    teacher = torch.tensor([[[1.0, 0.0]], [[5.0, 0.0]]])  # two images of one cell (a 1 x 1 grid), two dimensions
+    # Standardised over the batch's cells: dimension 0 (1, 5) -> (-2, 2) / std; the constant dimension 1 -> 0.
+    std = torch.tensor([1.0, 5.0]).std()
+    target = torch.tensor([[[-2.0 / std, 0.0]], [[2.0 / std, 0.0]]])
+    assert patch_distillation_loss(torch.zeros(2, 1, 2), teacher).item() == pytest.approx(target.square().mean().item())
+    assert patch_distillation_loss(target, teacher).item() == pytest.approx(0.0, abs=1e-8)
+
+
+def test_student_patch_map_and_total_loss(tmp_path, teacher_and_processor, student_collator):
+    teacher, _ = teacher_and_processor
+    batch = student_collator([make_caption_dataset()[index] for index in range(4)])
+    student = make_patch_student().eval()
+    with torch.no_grad():
+        outputs = student(
+            input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], attention_mask=batch["attention_mask"]
+        )
+        teacher_tokens = teacher.get_image_features(pixel_values=batch["teacher_pixel_values"]).last_hidden_state
+    grid = int(outputs.patch_distillation_embeds.shape[1] ** 0.5)
+    assert outputs.patch_distillation_embeds.shape == (4, grid * grid, 32)
+    expected = 2.0 * patch_distillation_loss(outputs.patch_distillation_embeds, teacher_tokens)
+    args = distillation_args(
+        tmp_path, contrastive_weight=0.0, feature_distillation_weight=0.0, patch_distillation_weight=2.0
+    )
+    trainer = BreezeCLIPDistillationTrainer(model=student, args=args, teacher=teacher, data_collator=student_collator)
+    with torch.no_grad():
+        assert trainer.compute_loss(student, dict(batch)).item() == pytest.approx(expected.item(), rel=1e-5)
+    trainer = BreezeCLIPDistillationTrainer(
+        model=BreezeCLIPForDistillation(tiny_breezeclip_config(), teacher_projection_dim=20), args=args, teacher=teacher
+    )
+    with pytest.raises(ValueError, match="teacher_patch_dim"):
+        trainer.compute_loss(trainer.model, dict(batch))
+
+
+def test_precomputed_patch_tokens_train_like_the_online_teacher(tmp_path, teacher_and_processor, student_collator):
+    teacher, teacher_processor = teacher_and_processor
+    dataset = make_caption_dataset()
+    student_inputs = {key: value for key, value in student_collator([dataset[0]]).items() if "teacher" not in key}
+    with torch.no_grad():
+        grid = int(make_patch_student().eval()(**student_inputs).patch_distillation_embeds.shape[1] ** 0.5)
+    precomputed = precompute_teacher_embeddings(dataset, teacher, teacher_processor, batch_size=3, patch_grid=grid)
+    assert torch.tensor(precomputed["teacher_patch_embeds"]).shape == (len(dataset), grid * grid, 32)
+    without = precompute_teacher_embeddings(dataset, teacher, teacher_processor, batch_size=3)
+    assert "teacher_patch_embeds" not in without.column_names
+
+    image_processor, tokenizer = make_breezeclip_processing()
+    offline_collator = BreezeCLIPDistillationCollator(image_processor, tokenizer)
+    args = dict(contrastive_weight=0.0, patch_distillation_weight=1.0, optim="sgd", learning_rate=0.05)
+    weights = []
+    runs = [(dataset, student_collator, teacher), (precomputed, offline_collator, None)]
+    for train_dataset, collator, trainer_teacher in runs:
+        model = make_patch_student()
+        trainer = BreezeCLIPDistillationTrainer(
+            model=model,
+            args=distillation_args(tmp_path, **args),
+            teacher=trainer_teacher,
+            train_dataset=train_dataset,
+            data_collator=collator,
+        )
+        trainer.train()
+        assert "patch_distillation_loss" in [entry for entry in trainer.state.log_history if "loss" in entry][-1]
+        weights.append(model.state_dict())
+    for name, tensor in weights[0].items():
+        torch.testing.assert_close(weights[1][name], tensor, rtol=1e-4, atol=1e-5)
+    trainer = BreezeCLIPDistillationTrainer(model=make_patch_student(), args=distillation_args(tmp_path, **args))
+    with pytest.raises(ValueError, match="patch_grid"):
+        trainer.compute_loss(trainer.model, offline_collator([without[index] for index in range(2)]))

@@ -98,6 +98,34 @@ def test_distill_breezeclip_script_trains_saves_and_resumes(tmp_path, data):
     assert results["train_loss"] > 0
 
 
+
+def test_distill_breezeclip_script_with_patch_distillation(tmp_path, data):
+    teacher, teacher_processor = make_tiny_clip_teacher(projection_dim=20)
+    for part in (teacher, teacher_processor):
+        part.save_pretrained(tmp_path / "teacher")
+    tiny_breezeclip_config().to_json_file(tmp_path / "student.json")
+    make_breezeclip_processing()[1].save_pretrained(tmp_path / "student_tokenizer")
+    args = [
+        "--teacher_name_or_path", str(tmp_path / "teacher"),
+        "--student_config", str(tmp_path / "student.json"),
+        "--student_tokenizer", str(tmp_path / "student_tokenizer"),
+        "--train_file", str(data / "captions.jsonl"),
+        "--output_dir", str(tmp_path / "breezeclip"),
+        "--per_device_train_batch_size", "4",
+        "--save_steps", "2",
+        "--contrastive_weight", "0",
+        "--patch_distillation_weight", "1.0",
+        "--precompute_teacher_embeddings",
+        "--max_steps", "2",
+        *COMMON,
+    ]  # fmt: skip
+    results = distill_breezeclip.main(args)
+    assert results["train_loss"] > 0
+    # The patch map trains with the student and is dropped from the exported BreezeCLIP, like the other maps.
+    checkpoint = load_file(tmp_path / "breezeclip" / "checkpoint-2" / "model.safetensors")
+    assert any(name.startswith("patch_distillation_projection.") for name in checkpoint)
+    assert isinstance(AutoModel.from_pretrained(tmp_path / "breezeclip"), BreezeCLIPModel)
+
 def test_train_and_evaluate_vqa_scripts(tmp_path, data, bcqlm_folder):
     output_dir = tmp_path / "vqa"
     args = [

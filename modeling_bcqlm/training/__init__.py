@@ -8,6 +8,8 @@ from .distillation import (
     BreezeCLIPForDistillation,
     affinity_distillation_loss,
     feature_distillation_loss,
+    patch_distillation_loss,
+    pool_patch_tokens,
     precompute_teacher_embeddings,
 )
 from .vqa import BcQLMVQACollator, add_decoder_lora, freeze_for_stage2, unfreeze
@@ -24,6 +26,8 @@ __all__ = [
     "affinity_distillation_loss",
     "feature_distillation_loss",
     "freeze_for_stage2",
+    "patch_distillation_loss",
+    "pool_patch_tokens",
     "precompute_teacher_embeddings",
     "unfreeze",
 ]

@@ -5,6 +5,7 @@
 
 import hashlib
 import json
+import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -40,6 +41,9 @@ class BreezeCLIPDistillationOutput(ModelOutput):
             differ), L2-normalised.
         text_distillation_embeds (`torch.FloatTensor` of shape `(batch_size, teacher_projection_dim)`):
             Same for the text embeddings.
+        patch_distillation_embeds (`torch.FloatTensor` of shape `(batch_size, num_patches, teacher_patch_dim)`):
+            The student's projected patch features (one per cell of its image tower's last feature map) mapped to the
+            width of the teacher's patch tokens; only for a student built with `teacher_patch_dim`.
     """
 
     logits_per_image: torch.FloatTensor | None = None
@@ -47,21 +51,28 @@ class BreezeCLIPDistillationOutput(ModelOutput):
     text_embeds: torch.FloatTensor | None = None
     image_distillation_embeds: torch.FloatTensor | None = None
     text_distillation_embeds: torch.FloatTensor | None = None
+    patch_distillation_embeds: torch.FloatTensor | None = None
 
 
 class BreezeCLIPForDistillation(BreezeCLIPPreTrainedModel):
     """
     The stage-1 student: a [`BreezeCLIPModel`] (`self.breezeclip`) and, when the teacher's embedding size differs from
     `config.projection_dim`, learned linear maps of the student's embeddings into the teacher's space for the feature
-    distillation loss. The teacher is not part of it, so it is never saved. Checkpoints load back with
-    `BreezeCLIPModel.from_pretrained` (the maps are dropped); `model.breezeclip.save_pretrained` exports the student.
+    distillation loss; with `teacher_patch_dim`, a learned linear map of the student's patch features to the width of
+    the teacher's patch tokens for the patch distillation loss. The teacher is not part of it, so it is never saved.
+    Checkpoints load back with `BreezeCLIPModel.from_pretrained` (the maps are dropped);
+    `model.breezeclip.save_pretrained` exports the student.
 
     Args:
         config ([`BreezeCLIPConfig`]): the student's configuration.
         teacher_projection_dim (`int`, *optional*): the teacher's embedding size; defaults to `config.projection_dim`.
+        teacher_patch_dim (`int`, *optional*): the width of the teacher's patch tokens (its vision tower's hidden
+            size); without it the student has no patch map and cannot be trained with patch distillation.
     """
 
-    def __init__(self, config: BreezeCLIPConfig, teacher_projection_dim: int | None = None):
+    def __init__(
+        self, config: BreezeCLIPConfig, teacher_projection_dim: int | None = None, teacher_patch_dim: int | None = None
+    ):
         super().__init__(config)
         self.breezeclip = BreezeCLIPModel(config)
         self.teacher_projection_dim = teacher_projection_dim or config.projection_dim
@@ -70,6 +81,9 @@ class BreezeCLIPForDistillation(BreezeCLIPPreTrainedModel):
             self.text_distillation_projection = nn.Linear(config.projection_dim, self.teacher_projection_dim)
         else:
             self.image_distillation_projection = self.text_distillation_projection = None
+        self.patch_distillation_projection = (
+            nn.Linear(config.projection_dim, teacher_patch_dim) if teacher_patch_dim else None
+        )
         self.post_init()
 
     def forward(
@@ -97,12 +111,17 @@ class BreezeCLIPForDistillation(BreezeCLIPPreTrainedModel):
             )
         else:
             image_distillation_embeds, text_distillation_embeds = image_embeds, text_embeds
+        patch_distillation_embeds = None
+        if self.patch_distillation_projection is not None:
+            patch_features = outputs.vision_model_output.last_hidden_state
+            patch_distillation_embeds = self.patch_distillation_projection(patch_features)
         return BreezeCLIPDistillationOutput(
             logits_per_image=outputs.logits_per_image,
             image_embeds=image_embeds,
             text_embeds=text_embeds,
             image_distillation_embeds=image_distillation_embeds,
             text_distillation_embeds=text_distillation_embeds,
+            patch_distillation_embeds=patch_distillation_embeds,
         )
 
 
@@ -116,6 +135,34 @@ def feature_distillation_loss(student_embeds: torch.Tensor, teacher_embeds: torc
     if kind == "cosine":
         return (1 - F.cosine_similarity(student_embeds, teacher_embeds, dim=-1)).mean()
     raise ValueError(f"`feature_distillation_loss` must be one of {FEATURE_DISTILLATION_LOSSES}, got {kind!r}.")
+
+
+def pool_patch_tokens(patch_tokens: torch.Tensor, grid: int) -> torch.Tensor:
+    """
+    Patch tokens `(batch_size, num_tokens, dim)` of a square grid, after any leading class or register tokens (those
+    beyond the largest square are dropped), average-pooled to `grid` x `grid` cells: `(batch_size, grid * grid, dim)`,
+    in row-major order as the student's feature map flattens.
+    """
+    side = math.isqrt(patch_tokens.shape[1])
+    patches = patch_tokens[:, patch_tokens.shape[1] - side * side :]
+    patches = patches.transpose(1, 2).reshape(patches.shape[0], -1, side, side)
+    return F.adaptive_avg_pool2d(patches, grid).flatten(2).transpose(1, 2)
+
+
+def patch_distillation_loss(
+    student_patches: torch.Tensor, teacher_patches: torch.Tensor, eps: float = 1e-6
+) -> torch.Tensor:
+    """
+    Mean squared error between the student's patch features mapped to the teacher's width `(batch_size, num_patches,
+    dim)` (a square grid) and the teacher's patch tokens `(batch_size, num_teacher_tokens, dim)`, average-pooled to the
+    student's grid by [`pool_patch_tokens`] and standardised per dimension over the batch's cells (zero mean, unit
+    variance), so that every dimension counts alike: low-variance ones too, where the teacher may keep what tells
+    cells apart (a shape's colour, on the synthetic scenes), and which a per-token normalised distance learns last.
+    """
+    grid = math.isqrt(student_patches.shape[1])
+    teacher_patches = pool_patch_tokens(teacher_patches.to(student_patches.dtype), grid)
+    cells = teacher_patches.flatten(0, 1)
+    return F.mse_loss(student_patches, (teacher_patches - cells.mean(0)) / (cells.std(0) + eps))
 
 
 def affinity_distillation_loss(
@@ -165,6 +212,13 @@ class BreezeCLIPDistillationArguments(TrainingArguments):
     affinity_temperature: float = field(
         default=0.07, metadata={"help": "Temperature of the similarity distributions of the affinity loss."}
     )
+    patch_distillation_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the distance between the student's patch features and the teacher's patch tokens "
+            "pooled to the student's grid: what teaches each cell of the image tower its own content (colour, shape)."
+        },
+    )
     # The collator reads the raw image and caption columns.
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep the raw columns: the collator makes the student's and teacher's inputs."}
@@ -185,14 +239,15 @@ class BreezeCLIPDistillationTrainer(Trainer):
     """
     Distils a [`BreezeCLIPForDistillation`] student from a frozen `CLIPModel` teacher:
 
-        loss = alpha * InfoNCE(student) + beta * (D(image) + D(text)) + gamma * affinity KL
+        loss = alpha * InfoNCE(student) + beta * (D(image) + D(text)) + gamma * affinity KL + delta * P(patches)
 
     with D the feature distance of `args.feature_distillation_loss` between the student's and the teacher's normalised
-    embeddings. Each batch carries the teacher's inputs (`teacher_pixel_values`, `teacher_input_ids`,
+    embeddings and P the [`patch_distillation_loss`] (`args.patch_distillation_weight`; the student needs
+    `teacher_patch_dim`). Each batch carries the teacher's inputs (`teacher_pixel_values`, `teacher_input_ids`,
     `teacher_attention_mask`, from [`BreezeCLIPDistillationCollator`]) or its precomputed embeddings
-    (`teacher_image_embeds`, `teacher_text_embeds`, from [`precompute_teacher_embeddings`]); with the latter no
-    teacher is needed. The teacher stays on the trainer, not in the model, so checkpoints never hold it. The loss
-    terms are logged beside the loss.
+    (`teacher_image_embeds`, `teacher_text_embeds` and, for P, `teacher_patch_embeds`, from
+    [`precompute_teacher_embeddings`]); with the latter no teacher is needed. The teacher stays on the trainer, not in
+    the model, so checkpoints never hold it. The loss terms are logged beside the loss.
 
     Args:
         teacher (`CLIPModel`, *optional*): the teacher; frozen and put in eval mode here.
@@ -215,7 +270,7 @@ class BreezeCLIPDistillationTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         teacher_inputs = {key: inputs.pop(key) for key in list(inputs) if key.startswith("teacher_")}
-        teacher_image_embeds, teacher_text_embeds = self._teacher_embeddings(teacher_inputs)
+        teacher_image_embeds, teacher_text_embeds, teacher_patch_embeds = self._teacher_embeddings(teacher_inputs)
         outputs = model(**inputs)
 
         args = self.args
@@ -242,13 +297,19 @@ class BreezeCLIPDistillationTrainer(Trainer):
                 teacher_text_embeds,
                 args.affinity_temperature,
             )
+        if args.patch_distillation_weight:
+            _check_patch_distillation(outputs.patch_distillation_embeds, teacher_patch_embeds)
+            loss_terms["patch_distillation_loss"] = patch_distillation_loss(
+                outputs.patch_distillation_embeds, teacher_patch_embeds
+            )
         weights = {
             "contrastive_loss": args.contrastive_weight,
             "feature_distillation_loss": args.feature_distillation_weight,
             "affinity_distillation_loss": args.affinity_distillation_weight,
+            "patch_distillation_loss": args.patch_distillation_weight,
         }
         if not loss_terms:
-            raise ValueError("Every loss weight is zero: set at least one of alpha, beta and the affinity weight.")
+            raise ValueError("Every loss weight is zero: set a contrastive, feature, affinity or patch weight.")
         loss = sum(weights[name] * value for name, value in loss_terms.items())
 
         if model.training:
@@ -257,10 +318,14 @@ class BreezeCLIPDistillationTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     @torch.no_grad()
-    def _teacher_embeddings(self, teacher_inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """The teacher's L2-normalised image and text embeddings `(batch_size, teacher_dim)`."""
+    def _teacher_embeddings(self, teacher_inputs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """
+        The teacher's L2-normalised image and text embeddings `(batch_size, teacher_dim)` and its patch tokens
+        `(batch_size, num_tokens, teacher_patch_dim)` (None when precomputed without them).
+        """
         if "teacher_image_embeds" in teacher_inputs:
             image_embeds, text_embeds = teacher_inputs["teacher_image_embeds"], teacher_inputs["teacher_text_embeds"]
+            patch_embeds = teacher_inputs.get("teacher_patch_embeds")
         else:
             if self.teacher is None:
                 raise ValueError(
@@ -273,13 +338,14 @@ class BreezeCLIPDistillationTrainer(Trainer):
                     "`BreezeCLIPDistillationCollator` (with `teacher_processor`, or on a dataset made by "
                     "`precompute_teacher_embeddings`)."
                 )
-            image_embeds, text_embeds = _teacher_forward(
+            image_embeds, text_embeds, patch_embeds = _teacher_forward(
                 self.teacher,
                 teacher_inputs["teacher_pixel_values"],
                 teacher_inputs["teacher_input_ids"],
                 teacher_inputs.get("teacher_attention_mask"),
             )
-        return F.normalize(image_embeds.float(), dim=-1), F.normalize(text_embeds.float(), dim=-1)
+        patch_embeds = None if patch_embeds is None else patch_embeds.float()
+        return F.normalize(image_embeds.float(), dim=-1), F.normalize(text_embeds.float(), dim=-1), patch_embeds
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the mean of each loss term since the last log to training logs."""
@@ -291,11 +357,33 @@ class BreezeCLIPDistillationTrainer(Trainer):
         super().log(logs, start_time)
 
 
-def _teacher_forward(teacher, pixel_values, input_ids, attention_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """A `CLIPModel`'s projected image and text embeddings `(batch_size, projection_dim)`, unnormalised."""
-    image_embeds = teacher.get_image_features(pixel_values=pixel_values.to(teacher.dtype)).pooler_output
+def _check_patch_distillation(student_patches: torch.Tensor | None, teacher_patches: torch.Tensor | None) -> None:
+    """Errors that say how to build the student or the batches when patch distillation lacks its inputs."""
+    if student_patches is None:
+        raise ValueError(
+            "Patch distillation needs the student's patch map: build it with `BreezeCLIPForDistillation(config, "
+            "teacher_patch_dim=teacher.config.vision_config.hidden_size)`."
+        )
+    if teacher_patches is None:
+        raise ValueError(
+            "Patch distillation needs the teacher's patch tokens: pass `patch_grid` to "
+            "`precompute_teacher_embeddings`, or give the trainer the teacher itself."
+        )
+    if student_patches.shape[-1] != teacher_patches.shape[-1]:
+        raise ValueError(
+            f"The teacher's patch tokens have {teacher_patches.shape[-1]} dimensions and the student's patch map "
+            f"{student_patches.shape[-1]}: build the student with `teacher_patch_dim={teacher_patches.shape[-1]}`."
+        )
+
+
+def _teacher_forward(teacher, pixel_values, input_ids, attention_mask=None) -> tuple[torch.Tensor, ...]:
+    """
+    A `CLIPModel`'s projected image and text embeddings `(batch_size, projection_dim)`, unnormalised, and the last
+    hidden states of its vision tower `(batch_size, 1 + num_patches, hidden_size)` (class token first).
+    """
+    image_outputs = teacher.get_image_features(pixel_values=pixel_values.to(teacher.dtype))
     text_embeds = teacher.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
-    return image_embeds, text_embeds
+    return image_outputs.pooler_output, text_embeds, image_outputs.last_hidden_state
 
 
 class BreezeCLIPDistillationCollator:
@@ -303,8 +391,8 @@ class BreezeCLIPDistillationCollator:
     Makes stage-1 batches from rows holding an image (PIL image or path) and a caption: the student's inputs
     (`pixel_values`, `input_ids`, `attention_mask`) with the student's image processor and tokenizer, and the
     teacher's (`teacher_pixel_values`, `teacher_input_ids`, `teacher_attention_mask`) from the same raw image and
-    caption with the teacher's processor. Rows that hold precomputed `teacher_image_embeds`/`teacher_text_embeds`
-    give those instead, and the teacher's processor is not needed.
+    caption with the teacher's processor. Rows that hold precomputed `teacher_image_embeds`/`teacher_text_embeds` (and
+    `teacher_patch_embeds`) give those instead, and the teacher's processor is not needed.
 
     Args:
         image_processor: the student's image processor (a [`BcQLMImageProcessor`]).
@@ -338,8 +426,9 @@ class BreezeCLIPDistillationCollator:
             "attention_mask": text["attention_mask"],
         }
         if "teacher_image_embeds" in rows[0]:
-            for key in ("teacher_image_embeds", "teacher_text_embeds"):
-                batch[key] = torch.tensor(np.array([row[key] for row in rows]), dtype=torch.float32)
+            for key in ("teacher_image_embeds", "teacher_text_embeds", "teacher_patch_embeds"):
+                if key in rows[0]:
+                    batch[key] = torch.tensor(np.array([row[key] for row in rows]), dtype=torch.float32)
         elif self.teacher_processor is not None:
             teacher = self.teacher_processor(
                 images=images, text=captions, padding=True, truncation=True, return_tensors="pt"
@@ -375,17 +464,22 @@ def precompute_teacher_embeddings(
     text_column: str = "caption",
     batch_size: int = 64,
     cache_dir: str | None = None,
+    patch_grid: int | None = None,
 ):
     """
     Run the teacher once over a `datasets.Dataset` and add its projected embeddings as the columns
     `teacher_image_embeds` and `teacher_text_embeds` (lists of floats, `teacher_dim` long), so that distillation does
-    not run the teacher at every step. The result is cached by `datasets` (in the dataset's cache folder when it was
-    loaded from files, or in `cache_dir`), keyed by the dataset and by a hash of the teacher's weights,
-    configuration and processor: a second call with the same teacher and data loads it instead of recomputing. Pass
-    `cache_dir` to cache an in-memory dataset's embeddings (the file name holds that key).
+    not run the teacher at every step. With `patch_grid` (the student's grid side), the teacher's patch tokens
+    average-pooled to `patch_grid` x `patch_grid` cells are added too, as `teacher_patch_embeds` (`patch_grid ** 2`
+    lists of `teacher_patch_dim` floats), for the patch distillation loss. The result is cached by `datasets` (in
+    the dataset's cache folder when it was loaded from files, or in `cache_dir`), keyed by the dataset and by a hash
+    of the teacher's weights, configuration and processor: a second call with the same teacher and data loads it
+    instead of recomputing. Pass `cache_dir` to cache an in-memory dataset's embeddings (the file name holds that
+    key).
     """
     fingerprint = hashlib.sha256(
-        f"{dataset._fingerprint}|{_teacher_fingerprint(teacher, teacher_processor, image_column, text_column)}".encode()
+        f"{dataset._fingerprint}|{_teacher_fingerprint(teacher, teacher_processor, image_column, text_column)}|"
+        f"{patch_grid}".encode()
     ).hexdigest()[:16]
     teacher = teacher.eval()
 
@@ -398,13 +492,16 @@ def precompute_teacher_embeddings(
             return_tensors="pt",
         ).to(teacher.device)
         with torch.no_grad():
-            image_embeds, text_embeds = _teacher_forward(
+            image_embeds, text_embeds, patch_embeds = _teacher_forward(
                 teacher, inputs["pixel_values"], inputs["input_ids"], inputs.get("attention_mask")
             )
-        return {
+        embeddings = {
             "teacher_image_embeds": image_embeds.float().cpu().numpy(),
             "teacher_text_embeds": text_embeds.float().cpu().numpy(),
         }
+        if patch_grid:
+            embeddings["teacher_patch_embeds"] = pool_patch_tokens(patch_embeds.float(), patch_grid).cpu().numpy()
+        return embeddings
 
     return dataset.map(
         embed,
@@ -424,5 +521,7 @@ __all__ = [
     "BreezeCLIPForDistillation",
     "affinity_distillation_loss",
     "feature_distillation_loss",
+    "patch_distillation_loss",
+    "pool_patch_tokens",
     "precompute_teacher_embeddings",
 ]
