@@ -12,17 +12,18 @@ run once per prompt. An exported folder holds:
     onnx/model.onnx, onnx/genai_config.json, ...   the decoder, as the builder writes it
 """
 
+import gc
 import logging
 import tempfile
 from pathlib import Path
 
 from safetensors.torch import save_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig
 
-from ..modeling_bcqlm import BcQLMForConditionalGeneration, BcQLMModel
+from ..modeling_bcqlm import BcQLMForConditionalGeneration
 from ..processing_bcqlm import BcQLMProcessor
 from . import ONNX_PRECISIONS
-from .onnx_model import DECODER_FOLDER, FRONT_WEIGHTS, without_decoder_layers
+from .onnx_model import DECODER_FOLDER, FRONT_WEIGHTS
 
 
 def _import_builder():
@@ -37,12 +38,13 @@ def _import_builder():
 
 
 def _write_decoder(model: BcQLMForConditionalGeneration, processor: BcQLMProcessor, folder: Path) -> None:
-    """Write the decoder and its LM head as a Llama checkpoint, the input of the model builder."""
-    text_config = LlamaConfig.from_dict(model.config.text_config.to_dict())
-    decoder = LlamaForCausalLM(text_config)
-    decoder.model.load_state_dict(model.model.language_model.state_dict())
-    decoder.lm_head.load_state_dict(model.lm_head.state_dict())
-    decoder.save_pretrained(folder)
+    """Write the decoder and its LM head as a Llama checkpoint (the input of the model builder), without copying them."""
+    text_config = model.config.text_config
+    LlamaConfig.from_dict({**text_config.to_dict(), "architectures": ["LlamaForCausalLM"]}).save_pretrained(folder)
+    weights = {f"model.{name}": tensor for name, tensor in model.model.language_model.state_dict().items()}
+    if not text_config.tie_word_embeddings:
+        weights["lm_head.weight"] = model.lm_head.weight
+    save_file({name: tensor.contiguous() for name, tensor in weights.items()}, folder / "model.safetensors")
     processor.tokenizer.save_pretrained(folder)
 
 
@@ -59,19 +61,19 @@ def export_onnx(model_path: str | Path, output_dir: str | Path, precision: str =
     builder = _import_builder()
     model = BcQLMForConditionalGeneration.from_pretrained(model_path).eval()
     processor = BcQLMProcessor.from_pretrained(model_path)
-    front = BcQLMModel(without_decoder_layers(model.config))
-    missing, _ = front.load_state_dict(model.model.state_dict(), strict=False)
-    if missing:
-        raise RuntimeError(f"The front of the model lacks weights: {missing}")
+    # The parts that stay in PyTorch: everything but the decoder layers (and the LM head, tied or in the ONNX graph).
+    front = {name: t for name, t in model.model.state_dict().items() if not name.startswith("language_model.layers.")}
 
     output_dir.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(output_dir)
     model.generation_config.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
-    save_file({name: tensor.contiguous() for name, tensor in front.state_dict().items()}, output_dir / FRONT_WEIGHTS)
+    save_file({name: tensor.contiguous() for name, tensor in front.items()}, output_dir / FRONT_WEIGHTS)
     with tempfile.TemporaryDirectory() as work:
         decoder_folder = Path(work) / "decoder"
         _write_decoder(model, processor, decoder_folder)
+        del model, front  # the builder loads the decoder again: one copy in memory at a time
+        gc.collect()
         arguments = (None, str(decoder_folder), str(output_dir / DECODER_FOLDER), precision, "cpu", work)
         quantizer_logs = logging.getLogger("onnxruntime.quantization")
         level = quantizer_logs.level
