@@ -130,8 +130,6 @@ class BcQLMProcessor(ProcessorMixin):
             )
         prompts, extracted_questions = self._make_prompts(text, with_images=images is not None)
         questions = self._check_questions(extracted_questions if questions is None else questions, len(prompts))
-        if not kwargs.get("truncation"):
-            self._check_prompt_lengths(prompts)
         if images is not None:
             images = self.image_processor.fetch_images(images)
             self._check_images(images, prompts)
@@ -144,6 +142,8 @@ class BcQLMProcessor(ProcessorMixin):
                     )
 
         inputs = super().__call__(images=images, text=prompts, **kwargs)
+        if not kwargs.get("truncation"):
+            self._check_prompt_lengths(inputs["attention_mask"])
         text_kwargs = self._merge_kwargs(tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)["text_kwargs"]
         inputs.update(self._encode_questions(questions, return_tensors=text_kwargs.get("return_tensors")))
         return inputs
@@ -238,7 +238,7 @@ class BcQLMProcessor(ProcessorMixin):
                 "exactly one image per prompt. Pass one image per question."
             )
 
-    def _check_prompt_lengths(self, prompts: list[str]) -> None:
+    def _check_prompt_lengths(self, attention_mask) -> None:
         """
         Refuse prompts longer than the decoder reads (the tokenizer's `model_max_length`, the decoder's positions),
         image tokens included: past it the decoder's answers mean nothing.
@@ -246,9 +246,8 @@ class BcQLMProcessor(ProcessorMixin):
         max_length = self.tokenizer.model_max_length
         if max_length >= VERY_LARGE_INTEGER:  # the tokenizer does not know its model's limit
             return
-        extra_image_tokens = self.image_seq_length - 1
-        for index, (prompt, ids) in enumerate(zip(prompts, self.tokenizer(prompts, verbose=False)["input_ids"])):
-            length = len(ids) + extra_image_tokens * prompt.count(self.image_token)
+        for index, mask in enumerate(attention_mask):
+            length = int(sum(mask))
             if length > max_length:
                 raise ValueError(
                     f"Prompt {index} is {length} tokens long (the question, the prompt template and "

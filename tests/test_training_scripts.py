@@ -52,12 +52,16 @@ def data(tmp_path_factory) -> Path:
     return root
 
 
+def save_distillation_parts(folder):
+    """A tiny CLIP teacher (`folder/teacher`), a student config (`student.json`) and tokenizer (`student_tokenizer`)."""
+    for part in make_tiny_clip_teacher(projection_dim=20):
+        part.save_pretrained(folder / "teacher")
+    tiny_breezeclip_config().to_json_file(folder / "student.json")
+    make_breezeclip_processing()[1].save_pretrained(folder / "student_tokenizer")
+
+
 def test_distill_breezeclip_script_trains_saves_and_resumes(tmp_path, data):
-    teacher, teacher_processor = make_tiny_clip_teacher(projection_dim=20)
-    teacher.save_pretrained(tmp_path / "teacher")
-    teacher_processor.save_pretrained(tmp_path / "teacher")
-    tiny_breezeclip_config().to_json_file(tmp_path / "student.json")
-    make_breezeclip_processing()[1].save_pretrained(tmp_path / "student_tokenizer")
+    save_distillation_parts(tmp_path)
     output_dir = tmp_path / "breezeclip"
     args = [
         "--teacher_name_or_path", str(tmp_path / "teacher"),
@@ -100,11 +104,7 @@ def test_distill_breezeclip_script_trains_saves_and_resumes(tmp_path, data):
 
 
 def test_distill_breezeclip_script_with_patch_distillation(tmp_path, data):
-    teacher, teacher_processor = make_tiny_clip_teacher(projection_dim=20)
-    for part in (teacher, teacher_processor):
-        part.save_pretrained(tmp_path / "teacher")
-    tiny_breezeclip_config().to_json_file(tmp_path / "student.json")
-    make_breezeclip_processing()[1].save_pretrained(tmp_path / "student_tokenizer")
+    save_distillation_parts(tmp_path)
     args = [
         "--teacher_name_or_path", str(tmp_path / "teacher"),
         "--student_config", str(tmp_path / "student.json"),

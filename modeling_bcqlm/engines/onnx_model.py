@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import init_empty_weights
 from safetensors.torch import load_file
 from torch import nn
 from transformers import DynamicCache, GenerationConfig
@@ -76,8 +77,8 @@ class OnnxDecoder(nn.Module):
             return {past: empty for names in self.cache_names for past, _ in names}
         feeds = {}
         for layer, ((past_keys, _), (past_values, _)) in enumerate(self.cache_names):
-            feeds[past_keys] = cache.layers[layer].keys.numpy().astype(self.numpy_dtype)
-            feeds[past_values] = cache.layers[layer].values.numpy().astype(self.numpy_dtype)
+            feeds[past_keys] = cache.layers[layer].keys.numpy()  # shared with torch, no copy
+            feeds[past_values] = cache.layers[layer].values.numpy()
         return feeds
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None, use_cache=None, **kwargs):
@@ -93,7 +94,7 @@ class OnnxDecoder(nn.Module):
                 "`BcQLMOnnxForConditionalGeneration.generate` answers the prompts of a padded batch one by one."
             )
         feeds = {
-            self.embeds_name: inputs_embeds.detach().float().numpy().astype(self.numpy_dtype),
+            self.embeds_name: inputs_embeds.detach().numpy().astype(self.numpy_dtype, copy=False),
             self.mask_name: attention_mask.numpy().astype(np.int64),
             **self._past(cache, batch_size),
         }
@@ -134,9 +135,10 @@ class BcQLMOnnxForConditionalGeneration(BcQLMForConditionalGeneration):
         if not is_onnx_folder(folder):
             raise ValueError(f"{str(folder)!r} is not a folder written by `export_onnx` (it has no onnx/ folder).")
         config = BcQLMConfig.from_pretrained(folder)
-        model = cls(without_decoder_layers(config))
+        with init_empty_weights(include_buffers=False):  # the weights come from the file, not a random init
+            model = cls(without_decoder_layers(config))
         model.config = config  # the decoder's real shape, for the generation cache
-        model.model.load_state_dict(load_file(folder / FRONT_WEIGHTS))
+        model.model.load_state_dict(load_file(folder / FRONT_WEIGHTS), assign=True)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = num_threads or torch.get_num_threads()
         decoder_config = json.loads((folder / DECODER_FOLDER / "genai_config.json").read_text())["model"]["decoder"]
