@@ -17,6 +17,9 @@ QUANT = ["bitsandbytes>=0.49.0"]
 # The ONNX Runtime engine (`bcqlm export`): onnxruntime-genai's model builder writes the decoder (it imports onnx_ir
 # without declaring it); onnxruntime runs it.
 ONNX = ["onnxruntime>=1.32.0", "onnxruntime-genai>=0.18.0", "onnx>=1.23.2", "onnx_ir>=1.1.0"]
+# `bcqlm serve`: transformers' own server and its dependencies. transformers asks for openai>=1.98.0, but its server
+# imports Responses API types that openai 1.99.0 brought.
+SERVE = ["transformers[serving]>=5.23.0,<6", "openai>=1.99.0"]
 # timm builds the released code's modules in the conversion parity tests; it needs torchvision, so the test command
 # installs torch==2.14.1 with torchvision==0.29.1 first. The package itself needs neither.
 TEST = ["pytest>=8.0.0", "timm>=1.0.3"]
@@ -37,7 +40,13 @@ setup(
     entry_points={"console_scripts": ["bcqlm = modeling_bcqlm.cli.main:main"]},
     python_requires=">=3.10",
     install_requires=INFERENCE,
-    extras_require={"train": TRAIN, "quant": QUANT, "onnx": ONNX, "test": TEST + TRAIN + QUANT + ONNX},
+    extras_require={
+        "train": TRAIN,
+        "quant": QUANT,
+        "onnx": ONNX,
+        "serve": SERVE,
+        "test": TEST + TRAIN + QUANT + ONNX + SERVE,
+    },
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

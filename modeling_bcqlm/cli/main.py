@@ -5,12 +5,16 @@ The `bcqlm` console command.
     bcqlm ask --image https://example.com/photo.jpg --question "what colour is the car?" --model org/bcqlm --top_k 3
     bcqlm export --engine onnx --precision int4 --output bcqlm-onnx-int4
     bcqlm ask --image scene.png --question "how many shapes are there?" --model bcqlm-onnx-int4
+    bcqlm serve --model path/to/bcqlm --port 8000
+    bcqlm demo --model path/to/bcqlm
 
 `ask` answers with BcQLM's visual-question-answering pipeline; the model defaults to the small BcQLM shipped with the
 package (`modeling_bcqlm.DEFAULT_MODEL`, trained on synthetic shape scenes), and then says so once on stderr
 (`--no_notice` or `BCQLM_NO_NOTICE=1` silences it). `export` writes a folder whose decoder runs on ONNX Runtime, which
-`ask --model` answers from as from any BcQLM folder. Arguments and local model folders are checked
-before torch and transformers are imported, so that mistakes are reported at once.
+`ask --model` answers from as from any BcQLM folder. `serve` answers over HTTP with `transformers`' OpenAI-compatible
+server (`modeling_bcqlm.serving`), `demo` on a Gradio page (`modeling_bcqlm.demo`); both listen on 127.0.0.1 unless
+`--host` says otherwise. Arguments and local model folders are checked before torch and transformers are imported, so
+that mistakes are reported at once.
 """
 
 import argparse
@@ -58,11 +62,25 @@ def _parse_args(argv):
     export.add_argument("--precision", choices=ONNX_PRECISIONS, default="int4", help="The decoder's weights.")
     export.add_argument("--model", help="Folder or Hub id of the BcQLM to export (default: the bundled model).")
     export.add_argument("--output", required=True, help="A new or empty folder for the exported model.")
+    serve = commands.add_parser("serve", help="Answer over HTTP: transformers' OpenAI-compatible server.")
+    demo = commands.add_parser("demo", help="Ask questions on a demo page in the browser (Gradio).")
+    for command, port in ((serve, 8000), (demo, 7860)):
+        command.add_argument("--model", help="Folder or Hub id of a BcQLM model (default: the bundled model).")
+        command.add_argument("--host", default="127.0.0.1", help="Address to listen on (default: this machine only).")
+        command.add_argument("--port", type=int, default=port, help=f"Port to listen on (default: {port}).")
+        command.add_argument(
+            "--trust_remote_code", action="store_true", help="Run the model folder's own code, not the package's."
+        )
+    serve.add_argument("--device", default="auto", help="Where the model runs: 'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    serve.add_argument("--dtype", default="auto", help="The weights' dtype: 'auto' (as saved), 'float32', ...")
+    demo.add_argument("--device", default="cpu", help="Where the model runs: 'cpu', 'cuda', 'cuda:1', 'mps', ...")
     return parser.parse_args(argv)
 
 
 def _check_args(args) -> None:
-    if args.command == "export":
+    if args.command in ("export", "serve", "demo"):
+        if args.command != "export":
+            _check_server_args(args)
         if args.model is not None:
             _check_model_folder(args.model)
         return
@@ -80,6 +98,13 @@ def _check_args(args) -> None:
         raise CommandError(f"--device {args.device!r} is not a device: use 'cpu', 'cuda', 'cuda:N', 'mps' or 'xpu'.")
     if args.model is not None:
         _check_model_folder(args.model)
+
+
+def _check_server_args(args) -> None:
+    if not 0 <= args.port < 65536:
+        raise CommandError(f"--port {args.port} is not a port: pass a number from 0 to 65535.")
+    if not (DEVICE_PATTERN.fullmatch(args.device) or (args.command == "serve" and args.device == "auto")):
+        raise CommandError(f"--device {args.device!r} is not a device: use 'cpu', 'cuda', 'cuda:N', 'mps' or 'xpu'.")
 
 
 def _check_model_folder(model: str) -> None:
@@ -105,8 +130,8 @@ def _check_model_type(config: dict, model: str) -> None:
     model_type = config.get("model_type") if isinstance(config, dict) else None
     if model_type != "bcqlm":
         raise CommandError(
-            f"--model {model!r} is a {model_type!r} model, not a BcQLM one (model_type 'bcqlm'): `bcqlm ask` answers "
-            "with BcQLM models only."
+            f"--model {model!r} is a {model_type!r} model, not a BcQLM one (model_type 'bcqlm'): `bcqlm` answers with "
+            "BcQLM models only."
         )
 
 
@@ -194,12 +219,46 @@ def _export(args) -> None:
     print(f"bcqlm: exported to {folder} (decoder on ONNX Runtime, {args.precision}); ask with --model {folder}")
 
 
+def _serve(args) -> None:
+    from transformers.utils.import_utils import is_serve_available
+
+    if not is_serve_available():
+        raise CommandError("`bcqlm serve` needs transformers' serving dependencies: pip install 'bcqlm[serve]'.")
+    import uvicorn
+
+    from .. import DEFAULT_MODEL, register_auto_classes
+    from ..serving import BcQLMModelManager, build_app
+
+    if not args.trust_remote_code:  # else the folder's own code (its `auto_map`), as for any Hub model
+        register_auto_classes()
+    model = args.model or DEFAULT_MODEL
+    # Pinned to `model`, loaded now: requests may name it or leave `model` out.
+    manager = BcQLMModelManager(
+        device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, force_model=model
+    )
+    app = build_app(manager)
+    print(f"bcqlm: serving {model} at http://{args.host}:{args.port}/v1 (OpenAI chat completions)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+def _demo(args) -> None:
+    try:
+        import gradio  # noqa: F401
+    except ImportError as error:
+        raise CommandError("`bcqlm demo` needs Gradio: pip install 'bcqlm[demo]'.") from error
+    from .. import register_auto_classes
+    from ..demo import launch
+
+    register_auto_classes()
+    launch(args.model, host=args.host, port=args.port, device=args.device, trust_remote_code=args.trust_remote_code)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(sys.argv[1:] if argv is None else argv)
     try:
         _check_args(args)
-        if args.command == "export":
-            _export(args)
+        if args.command in ("export", "serve", "demo"):
+            {"export": _export, "serve": _serve, "demo": _demo}[args.command](args)
             return 0
         if args.model is None and not (args.no_notice or os.environ.get("BCQLM_NO_NOTICE", "") not in ("", "0")):
             print(DEFAULT_MODEL_NOTICE, file=sys.stderr)

@@ -1,0 +1,222 @@
+"""`bcqlm serve`: transformers' OpenAI-compatible server answers as the VQA pipeline does, streamed or not."""
+
+import base64
+import contextlib
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from transformers import pipeline
+
+from modeling_bcqlm import DEFAULT_MODEL, BcQLMVisualQuestionAnsweringPipeline
+from modeling_bcqlm.cli.main import main
+from modeling_bcqlm.export import save_hub_folder
+
+from .helpers import make_image, run_python
+
+
+openai = pytest.importorskip("openai", reason="the test extra: pip install '.[test]'")
+uvicorn = pytest.importorskip("uvicorn", reason="the serve extra: pip install '.[serve]'")
+from modeling_bcqlm.serving import BcQLMModelManager, build_app  # noqa: E402
+
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+EXAMPLE_IMAGE = ROOT / "examples" / "images" / "shapes.png"
+MAX_TOKENS = 4
+INPUTS = [
+    (make_image(seed=1), "what colour is the square?"),
+    (make_image(seed=2), "how many circles are there?"),
+    (make_image(seed=3), "is there a red triangle?"),
+]
+
+
+def data_url(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def messages(image, question: str) -> list[dict]:
+    content = [{"type": "image_url", "image_url": {"url": data_url(image)}}, {"type": "text", "text": question}]
+    return [{"role": "user", "content": content}]
+
+
+def post(url: str, body: dict) -> bytes:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return response.read()
+
+
+def streamed_chunks(sse: bytes) -> list[str]:
+    """The content of each event of a streamed chat completion."""
+    events = [json.loads(line[len("data: ") :]) for line in sse.decode().splitlines() if line.startswith("data: {")]
+    return [event["choices"][0]["delta"].get("content") or "" for event in events]
+
+
+def pipeline_answer(folder: Path, image, question: str, max_new_tokens: int = MAX_TOKENS) -> str:
+    vqa = pipeline("vqa", model=str(folder), pipeline_class=BcQLMVisualQuestionAnsweringPipeline)
+    return vqa(image=image, question=question, max_new_tokens=max_new_tokens)[0]["answer"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving_in_a_thread(app):
+    """Serve `app` on a free 127.0.0.1 port; yields the base URL and stops the server on exit."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive(), "the server did not start"
+            time.sleep(0.05)
+        host, port = server.servers[0].sockets[0].getsockname()[:2]
+        assert host == "127.0.0.1"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+@contextlib.contextmanager
+def bcqlm_serve(*args: str, env: dict | None = None):
+    """`bcqlm serve *args --port <free>` in its own process; yields the base URL once healthy, then stops it."""
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "bcqlm"), "serve", *args, "--port", str(port)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", BCQLM_NO_NOTICE="1", **(env or {}))
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "bcqlm serve did not answer /health in 120 s"
+            with contextlib.suppress(OSError):
+                if urllib.request.urlopen(f"{url}/health", timeout=5).status == 200:
+                    break
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    output = process.stdout.read()
+    # uvicorn shuts down, then re-raises the signal it caught.
+    assert process.returncode in (0, -signal.SIGTERM) and "Traceback" not in output, output[-3000:]
+
+
+@pytest.fixture(scope="module")
+def hub_folder(model_and_processor, tmp_path_factory):
+    """The tiny model of the fixtures, written as `save_hub_folder` writes a folder for the Hub."""
+    folder = tmp_path_factory.mktemp("hub") / "bcqlm"
+    save_hub_folder(*model_and_processor, folder)
+    return folder
+
+
+def test_served_answers_are_the_pipelines_streamed_or_not(hub_folder):
+    expected = [pipeline_answer(hub_folder, image, question) for image, question in INPUTS]
+    assert len(set(expected)) > 1  # the answers depend on the inputs, so a mix-up would show
+    manager = BcQLMModelManager(device="cpu", force_model=str(hub_folder))
+    with serving_in_a_thread(build_app(manager)) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        for (image, question), answer in zip(INPUTS, expected):
+            request = {"model": str(hub_folder), "messages": messages(image, question), "max_tokens": MAX_TOKENS}
+            text = client.chat.completions.create(**request).choices[0].message.content
+            # The generated text, with the leading space the decoder writes after "Answer:"; the pipeline strips it.
+            assert text.strip() == answer
+            chunks = [
+                chunk.choices[0].delta.content or "" for chunk in client.chat.completions.create(**request, stream=True)
+            ]
+            assert "".join(chunks) == text and len([chunk for chunk in chunks if chunk]) > 1  # one event per token
+            # Plain HTTP; the server is pinned to its model, so the request may leave `model` out.
+            body = {"messages": request["messages"], "max_tokens": MAX_TOKENS}
+            assert json.loads(post(f"{url}/v1/chat/completions", body))["choices"][0]["message"]["content"] == text
+            assert "".join(streamed_chunks(post(f"{url}/v1/chat/completions", {**body, "stream": True}))) == text
+
+
+def test_readme_serve_curl_client_and_chat_commands():
+    """README's `bcqlm serve`, `curl`, openai-client and `transformers chat` commands, on the bundled model."""
+    serve, curl, chat = (
+        block for block in bash_blocks() if block.startswith(("bcqlm serve", "curl ", "transformers chat"))
+    )
+    (client,) = [block for block in python_blocks() if "from openai import OpenAI" in block]
+    question = re.search(r'"text": "([^"]+)"', curl).group(1)
+    expected = pipeline_answer(DEFAULT_MODEL, EXAMPLE_IMAGE, question, max_new_tokens=16)
+    args = serve.replace("path/to/bcqlm", DEFAULT_MODEL).split()[2:]
+    assert args[-2:] == ["--port", "8000"]
+    with bcqlm_serve(*args[:-2]) as url:
+        result = subprocess.run(
+            ["bash", "-c", curl.replace("http://127.0.0.1:8000", url)], cwd=ROOT, capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["choices"][0]["message"]["content"].strip() == expected
+        script = client.replace("http://127.0.0.1:8000", url).replace("path/to/bcqlm", DEFAULT_MODEL)
+        result = run_python("-c", script, cwd=ROOT)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stdout.strip() == expected
+        # `transformers chat` sends text only; huggingface_hub's offline mode would refuse even a 127.0.0.1 server.
+        body = {"messages": [{"role": "user", "content": question}], "max_tokens": 16}
+        text_only = json.loads(post(f"{url}/v1/chat/completions", body))["choices"][0]["message"]["content"].strip()
+        args = chat.replace("path/to/bcqlm", DEFAULT_MODEL).replace("http://127.0.0.1:8000", url).split()
+        env = {key: value for key, value in os.environ.items() if key != "HF_HUB_OFFLINE"}
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / args[0]), *args[1:]],
+            # "n": no, when it offers to continue an answer cut at 16 tokens.
+            input=f"{question}\nn\n!exit\n",
+            env=dict(env, COLUMNS="400"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert re.search(rf"^{re.escape(text_only)}\s*$", result.stdout, re.MULTILINE), result.stdout[-3000:]
+
+
+def test_serve_runs_the_folders_own_code_with_trust_remote_code(hub_folder, tmp_path):
+    """With `--trust_remote_code` the package's classes are not registered: the folder's code files answer."""
+    image, question = INPUTS[0]
+    expected = pipeline_answer(hub_folder, image, question)
+    with bcqlm_serve("--model", str(hub_folder), "--trust_remote_code", env={"HF_HOME": str(tmp_path)}) as url:
+        body = {"messages": messages(image, question), "max_tokens": MAX_TOKENS}
+        assert (
+            json.loads(post(f"{url}/v1/chat/completions", body))["choices"][0]["message"]["content"].strip() == expected
+        )
+    # transformers copies remote code into its modules cache before importing it.
+    assert list((tmp_path / "modules" / "transformers_modules").rglob("modeling_bcqlm.py"))
+
+
+def test_bad_serve_arguments_get_clear_errors(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava"}))
+    with pytest.raises(SystemExit, match=r"is a 'llava' model, not a BcQLM one"):
+        main(["serve", "--model", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"--port 70000 is not a port"):
+        main(["serve", "--port", "70000"])
+    with pytest.raises(SystemExit, match=r"--device 'gpu' is not a device"):
+        main(["serve", "--device", "gpu"])
+
+
+def bash_blocks() -> list[str]:
+    return [block.strip() for block in re.findall(r"```bash\n(.*?)```", README, re.DOTALL)]
+
+
+def python_blocks() -> list[str]:
+    return [block.strip() for block in re.findall(r"```python\n(.*?)```", README, re.DOTALL)]
