@@ -20,9 +20,13 @@ ONNX = ["onnxruntime>=1.32.0", "onnxruntime-genai>=0.18.0", "onnx>=1.23.2", "onn
 # `bcqlm serve`: transformers' own server and its dependencies. transformers asks for openai>=1.98.0, but its server
 # imports Responses API types that openai 1.99.0 brought.
 SERVE = ["transformers[serving]>=5.23.0,<6", "openai>=1.99.0"]
+# `bcqlm demo`: the Gradio page (tested from 6.31.0: older 6.x releases cap huggingface_hub below 2).
+DEMO = ["gradio>=6.31.0"]
 # timm builds the released code's modules in the conversion parity tests; it needs torchvision, so the test command
 # installs torch==2.14.1 with torchvision==0.29.1 first. The package itself needs neither.
-TEST = ["pytest>=8.0.0", "timm>=1.0.3"]
+# The demo's browser test drives Debian's Chromium (apt-get install chromium) with Playwright, which never downloads a
+# browser of its own here (no `playwright install`).
+TEST = ["pytest>=8.0.0", "timm>=1.0.3", "playwright>=1.49.0"]
 
 setup(
     name="bcqlm",
@@ -45,7 +49,8 @@ setup(
         "quant": QUANT,
         "onnx": ONNX,
         "serve": SERVE,
-        "test": TEST + TRAIN + QUANT + ONNX + SERVE,
+        "demo": DEMO,
+        "test": TEST + TRAIN + QUANT + ONNX + SERVE + DEMO,
     },
     classifiers=[
         "Programming Language :: Python :: 3",
