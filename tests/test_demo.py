@@ -152,6 +152,26 @@ def test_readme_demo_command_in_a_browser(page, vqa, tmp_path):
     assert {urlparse(requested).hostname for requested in page.requested} == {"127.0.0.1"}
 
 
+def test_demo_of_another_folder_answers_on_enter(page, model_and_processor, tmp_path):
+    """`bcqlm demo --model <folder>`: no note about the bundled model; Enter in the question asks too."""
+    model, processor = model_and_processor
+    model.save_pretrained(tmp_path / "bcqlm")
+    processor.save_pretrained(tmp_path / "bcqlm")
+    vqa = BcQLMVisualQuestionAnsweringPipeline(model=model, processor=processor)
+    image, question = make_image(seed=5), "what colour is the circle?"
+    image.save(tmp_path / "image.png")
+    with bcqlm_demo(f"bcqlm demo --model {tmp_path / 'bcqlm'}") as url:
+        page.goto(url)
+        playwright.expect(page.locator("body")).to_contain_text(f"Model: {tmp_path / 'bcqlm'}")
+        assert page.locator("#model-note").count() == 0
+        page.locator("#image input[type=file]").set_input_files(tmp_path / "image.png")
+        page.locator("#question textarea").fill(question)
+        page.locator("#question textarea").press("Enter")
+        page.wait_for_function("document.querySelector('#timing').innerText.includes('Answer in')", timeout=60_000)
+        expected = vqa(image=image, question=question, max_new_tokens=16)[0]["answer"]
+        assert page.locator("#answer textarea").input_value() == expected
+
+
 def test_answer_streams_token_by_token_then_scores(model_and_processor):
     """The page's handler, on the tiny model: the answer grows a token at a time and ends as the pipeline's."""
     model, processor = model_and_processor

@@ -191,17 +191,19 @@ def test_readme_serve_curl_client_and_chat_commands():
         assert re.search(rf"^{re.escape(text_only)}\s*$", result.stdout, re.MULTILINE), result.stdout[-3000:]
 
 
-def test_serve_runs_the_folders_own_code_with_trust_remote_code(hub_folder, tmp_path):
+@pytest.mark.parametrize("bundled", [False, True], ids=["hub-folder", "bundled-model"])
+def test_serve_runs_the_folders_own_code_with_trust_remote_code(bundled, hub_folder, tmp_path):
     """With `--trust_remote_code` the package's classes are not registered: the folder's code files answer."""
+    folder = Path(DEFAULT_MODEL) if bundled else hub_folder
     image, question = INPUTS[0]
-    expected = pipeline_answer(hub_folder, image, question)
-    with bcqlm_serve("--model", str(hub_folder), "--trust_remote_code", env={"HF_HOME": str(tmp_path)}) as url:
+    expected = pipeline_answer(folder, image, question)
+    with bcqlm_serve("--model", str(folder), "--trust_remote_code", env={"HF_HOME": str(tmp_path)}) as url:
         body = {"messages": messages(image, question), "max_tokens": MAX_TOKENS}
-        assert (
-            json.loads(post(f"{url}/v1/chat/completions", body))["choices"][0]["message"]["content"].strip() == expected
-        )
+        text = json.loads(post(f"{url}/v1/chat/completions", body))["choices"][0]["message"]["content"]
+        assert text.strip() == expected
+        assert "".join(streamed_chunks(post(f"{url}/v1/chat/completions", {**body, "stream": True}))) == text
     # transformers copies remote code into its modules cache before importing it.
-    assert list((tmp_path / "modules" / "transformers_modules").rglob("modeling_bcqlm.py"))
+    assert list((tmp_path / "modules" / "transformers_modules" / folder.name).rglob("modeling_bcqlm.py"))
 
 
 def test_bad_serve_arguments_get_clear_errors(tmp_path):

@@ -73,6 +73,7 @@ def _parse_args(argv):
         )
     serve.add_argument("--device", default="auto", help="Where the model runs: 'auto', 'cpu', 'cuda', 'cuda:1', ...")
     serve.add_argument("--dtype", default="auto", help="The weights' dtype: 'auto' (as saved), 'float32', ...")
+    serve.add_argument("--no_notice", action="store_true", help="Do not print the bundled model's note on stderr.")
     demo.add_argument("--device", default="cpu", help="Where the model runs: 'cpu', 'cuda', 'cuda:1', 'mps', ...")
     return parser.parse_args(argv)
 
@@ -253,15 +254,19 @@ def _demo(args) -> None:
     launch(args.model, host=args.host, port=args.port, device=args.device, trust_remote_code=args.trust_remote_code)
 
 
+def _notice_silenced(args) -> bool:
+    return args.no_notice or os.environ.get("BCQLM_NO_NOTICE", "") not in ("", "0")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(sys.argv[1:] if argv is None else argv)
     try:
         _check_args(args)
+        if args.command in ("ask", "serve") and args.model is None and not _notice_silenced(args):
+            print(DEFAULT_MODEL_NOTICE, file=sys.stderr)
         if args.command in ("export", "serve", "demo"):
             {"export": _export, "serve": _serve, "demo": _demo}[args.command](args)
             return 0
-        if args.model is None and not (args.no_notice or os.environ.get("BCQLM_NO_NOTICE", "") not in ("", "0")):
-            print(DEFAULT_MODEL_NOTICE, file=sys.stderr)
         _check_device(args.device)
         answers = _answer(args)
     except (CommandError, OSError, ValueError) as error:  # a missing model or image, an unreadable file

@@ -8,7 +8,8 @@ config.architectures[0])`, and tells a VLM from an LLM by the class name in
 `MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES`.
 Neither sees classes registered with the Auto classes or loaded as remote code. `BcQLMModelManager` loads BcQLM configs
 (the package's classes, or the folder's own code with `trust_remote_code`) through `AutoModelForImageTextToText` and
-answers `Modality.VLM` for them; every other model is left to `transformers`' manager.
+answers `Modality.VLM` for them; every other model is left to `transformers`' manager. Written against the server
+of transformers 5.23 and 5.24 (5.25 moves model loading into a process of its own).
 """
 
 import os
