@@ -50,11 +50,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def bcqlm_demo(command: str):
-    """README's `command` (`bcqlm demo ...`) on a free port in its own process; yields the page's URL, then stops it."""
+def bcqlm_demo(command: str, **env):
+    """`command` (`bcqlm demo ...`) on a free port in its own process with `env`; yields the URL, then stops it."""
     port = free_port()
     args = [str(Path(sys.executable).parent / "bcqlm"), *command.split()[1:], "--port", str(port)]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", **env)
     process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -153,14 +153,18 @@ def test_readme_demo_command_in_a_browser(page, vqa, tmp_path):
 
 
 def test_demo_of_another_folder_answers_on_enter(page, model_and_processor, tmp_path):
-    """`bcqlm demo --model <folder>`: no note about the bundled model; Enter in the question asks too."""
+    """
+    `bcqlm demo --model <folder> --trust_remote_code`: the folder's own code answers, without the note about the bundled
+    model; Enter in the question asks too.
+    """
     model, processor = model_and_processor
     model.save_pretrained(tmp_path / "bcqlm")
     processor.save_pretrained(tmp_path / "bcqlm")
     vqa = BcQLMVisualQuestionAnsweringPipeline(model=model, processor=processor)
     image, question = make_image(seed=5), "what colour is the circle?"
     image.save(tmp_path / "image.png")
-    with bcqlm_demo(f"bcqlm demo --model {tmp_path / 'bcqlm'}") as url:
+    command = f"bcqlm demo --model {tmp_path / 'bcqlm'} --trust_remote_code"
+    with bcqlm_demo(command, HF_HOME=str(tmp_path / "hf_home")) as url:
         page.goto(url)
         playwright.expect(page.locator("body")).to_contain_text(f"Model: {tmp_path / 'bcqlm'}")
         assert page.locator("#model-note").count() == 0
@@ -170,6 +174,8 @@ def test_demo_of_another_folder_answers_on_enter(page, model_and_processor, tmp_
         page.wait_for_function("document.querySelector('#timing').innerText.includes('Answer in')", timeout=60_000)
         expected = vqa(image=image, question=question, max_new_tokens=16)[0]["answer"]
         assert page.locator("#answer textarea").input_value() == expected
+    # transformers copies remote code into its modules cache before importing it.
+    assert list((tmp_path / "hf_home" / "modules" / "transformers_modules" / "bcqlm").rglob("modeling_bcqlm.py"))
 
 
 def test_answer_streams_token_by_token_then_scores(model_and_processor):

@@ -250,7 +250,8 @@ def _demo(args) -> None:
     from .. import register_auto_classes
     from ..demo import launch
 
-    register_auto_classes()
+    if not args.trust_remote_code:  # else the folder's own code (its `auto_map`), as for any Hub model
+        register_auto_classes()
     launch(args.model, host=args.host, port=args.port, device=args.device, trust_remote_code=args.trust_remote_code)
 
 

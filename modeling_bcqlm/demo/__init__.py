@@ -11,6 +11,7 @@ from functools import partial
 from pathlib import Path
 from threading import Thread
 
+import gradio as gr
 import numpy as np
 from transformers import AutoModelForImageTextToText, AutoProcessor, TextIteratorStreamer
 
@@ -33,7 +34,7 @@ MAX_NEW_TOKENS = 16
 def example_scenes(seed: int = 0) -> list[list]:
     """
     `[image, question]` pairs: synthetic shape scenes as the bundled model was trained on, with a question each of
-    `EXAMPLE_QUESTION_TYPES` (counting first: the one type its answers take from the image).
+    `EXAMPLE_QUESTION_TYPES`.
     """
     rng = np.random.default_rng(seed)
     examples = []
@@ -60,8 +61,6 @@ def answer_streamed(vqa, image, question: str, top_k: int):
     Yields `(answer so far, top answers, timing)`: the greedy answer token by token (the pipeline's answer at the end),
     then the `top_k` best answers with their scores (beam search) and the time each part took.
     """
-    import gradio as gr
-
     if image is None:
         raise gr.Error("Upload an image or pick an example first.")
     if not question or not question.strip():
@@ -96,8 +95,6 @@ def answer_streamed(vqa, image, question: str, top_k: int):
 
 def build_demo(vqa, note: str | None = None):
     """The Gradio page answering with the pipeline `vqa`; `note` (Markdown) says what the model knows."""
-    import gradio as gr
-
     with gr.Blocks(title="BcQLM", analytics_enabled=False) as demo:
         gr.Markdown(f"# BcQLM visual question answering\nModel: `{vqa.model.name_or_path}`")
         if note:
