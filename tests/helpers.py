@@ -1,11 +1,17 @@
 """Small, offline building blocks for the tests: tokenizers, images, a processor and a matching model."""
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 from PIL import Image
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -32,6 +38,7 @@ __all__ = [
     "make_question_tokenizer",
     "redraw_weights",
     "run_python",
+    "running_server",
     "save_language_model",
 ]
 
@@ -102,3 +109,46 @@ def run_python(
     return subprocess.run(
         [executable, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+@contextlib.contextmanager
+def running_server(command: str, *args: str, ready_path: str = "/", **env):
+    """
+    The console command `command *args --port <free port>` (`bcqlm serve`, `bcqlm demo`) in its own process, offline,
+    with `env` added. Yields `(base URL, process)` once `ready_path` answers and the process listens on 127.0.0.1 only;
+    stops it with Ctrl+C (SIGINT) on exit, and checks that it stopped cleanly.
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    executable = str(Path(sys.executable).parent / command)
+    process = subprocess.Popen(
+        [executable, *args, "--port", str(port)],
+        env=dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", BCQLM_NO_NOTICE="1", **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, f"{command} did not answer {url}{ready_path} in 120 s"
+            with contextlib.suppress(OSError):
+                if urllib.request.urlopen(url + ready_path, timeout=5).status == 200:
+                    break
+            time.sleep(0.2)
+        connections = psutil.Process(process.pid).net_connections(kind="inet")
+        assert {c.laddr.ip for c in connections if c.status == psutil.CONN_LISTEN} == {"127.0.0.1"}
+        yield url, process
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    output = process.stdout.read()
+    # uvicorn shuts down, then re-raises the signal it caught; Gradio exits on KeyboardInterrupt.
+    assert process.returncode in (0, -signal.SIGINT) and "Traceback" not in output, output[-3000:]

@@ -1,14 +1,6 @@
 """`bcqlm demo`: the Gradio page answers as the VQA pipeline does, in a real (headless, system) Chromium."""
 
-import contextlib
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -18,7 +10,7 @@ from transformers import pipeline
 from modeling_bcqlm import DEFAULT_MODEL, BcQLMVisualQuestionAnsweringPipeline
 from modeling_bcqlm.cli.main import main
 
-from .helpers import make_image, run_python
+from .helpers import make_image, run_python, running_server
 
 
 gr = pytest.importorskip("gradio", reason="the demo extra: pip install '.[demo]'")
@@ -41,39 +33,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 TOP_K = 3  # the page's default
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def bcqlm_demo(command: str, **env):
-    """`command` (`bcqlm demo ...`) on a free port in its own process with `env`; yields the URL, then stops it."""
-    port = free_port()
-    args = [str(Path(sys.executable).parent / "bcqlm"), *command.split()[1:], "--port", str(port)]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", **env)
-    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.stdout.read()[-3000:]
-            assert time.monotonic() < deadline, "bcqlm demo did not answer in 120 s"
-            with contextlib.suppress(OSError):
-                if urllib.request.urlopen(url, timeout=5).status == 200:
-                    break
-            time.sleep(0.2)
-        yield url
-    finally:
-        process.send_signal(signal.SIGINT)  # Gradio closes its server on Ctrl+C
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +85,7 @@ def test_readme_demo_command_in_a_browser(page, vqa, tmp_path):
     """README's `bcqlm demo`: upload an image, type a question, press Ask, read the answer; then an example scene."""
     (command,) = [block for block in bash_blocks() if block.startswith("bcqlm demo")]
     question = "how many circles are there?"
-    with bcqlm_demo(command) as url:
+    with running_server(*command.split()) as (url, _):
         page.goto(url)
         assert "What the bundled model knows" in page.locator("#model-note").inner_text()
         page.locator("#image input[type=file]").set_input_files(EXAMPLE_IMAGE)
@@ -163,8 +122,10 @@ def test_demo_of_another_folder_answers_on_enter(page, model_and_processor, tmp_
     vqa = BcQLMVisualQuestionAnsweringPipeline(model=model, processor=processor)
     image, question = make_image(seed=5), "what colour is the circle?"
     image.save(tmp_path / "image.png")
-    command = f"bcqlm demo --model {tmp_path / 'bcqlm'} --trust_remote_code"
-    with bcqlm_demo(command, HF_HOME=str(tmp_path / "hf_home")) as url:
+    folder = tmp_path / "bcqlm"
+    with running_server(
+        "bcqlm", "demo", "--model", str(folder), "--trust_remote_code", HF_HOME=str(tmp_path / "hf_home")
+    ) as (url, _):
         page.goto(url)
         playwright.expect(page.locator("body")).to_contain_text(f"Model: {tmp_path / 'bcqlm'}")
         assert page.locator("#model-note").count() == 0

@@ -6,8 +6,6 @@ import io
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +20,7 @@ from modeling_bcqlm import DEFAULT_MODEL, BcQLMVisualQuestionAnsweringPipeline
 from modeling_bcqlm.cli.main import main
 from modeling_bcqlm.export import save_hub_folder
 
-from .helpers import make_image, run_python
+from .helpers import make_image, run_python, running_server
 
 
 openai = pytest.importorskip("openai", reason="the test extra: pip install '.[test]'")
@@ -69,12 +67,6 @@ def pipeline_answer(folder: Path, image, question: str, max_new_tokens: int = MA
     return vqa(image=image, question=question, max_new_tokens=max_new_tokens)[0]["answer"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def serving_in_a_thread(app):
     """Serve `app` on a free 127.0.0.1 port; yields the base URL and stops the server on exit."""
@@ -92,36 +84,6 @@ def serving_in_a_thread(app):
         server.should_exit = True
         thread.join(timeout=10)
     assert not thread.is_alive()
-
-
-@contextlib.contextmanager
-def bcqlm_serve(*args: str, env: dict | None = None):
-    """`bcqlm serve *args --port <free>` in its own process; yields the base URL once healthy, then stops it."""
-    port = free_port()
-    command = [str(Path(sys.executable).parent / "bcqlm"), "serve", *args, "--port", str(port)]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", BCQLM_NO_NOTICE="1", **(env or {}))
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.stdout.read()[-3000:]
-            assert time.monotonic() < deadline, "bcqlm serve did not answer /health in 120 s"
-            with contextlib.suppress(OSError):
-                if urllib.request.urlopen(f"{url}/health", timeout=5).status == 200:
-                    break
-            time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    output = process.stdout.read()
-    # uvicorn shuts down, then re-raises the signal it caught.
-    assert process.returncode in (0, -signal.SIGTERM) and "Traceback" not in output, output[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -161,9 +123,9 @@ def test_readme_serve_curl_client_and_chat_commands():
     (client,) = [block for block in python_blocks() if "from openai import OpenAI" in block]
     question = re.search(r'"text": "([^"]+)"', curl).group(1)
     expected = pipeline_answer(DEFAULT_MODEL, EXAMPLE_IMAGE, question, max_new_tokens=16)
-    args = serve.replace("path/to/bcqlm", DEFAULT_MODEL).split()[2:]
+    args = serve.replace("path/to/bcqlm", DEFAULT_MODEL).split()
     assert args[-2:] == ["--port", "8000"]
-    with bcqlm_serve(*args[:-2]) as url:
+    with running_server(*args[:-2], ready_path="/health") as (url, _):
         result = subprocess.run(
             ["bash", "-c", curl.replace("http://127.0.0.1:8000", url)], cwd=ROOT, capture_output=True, text=True
         )
@@ -197,7 +159,9 @@ def test_serve_runs_the_folders_own_code_with_trust_remote_code(bundled, hub_fol
     folder = Path(DEFAULT_MODEL) if bundled else hub_folder
     image, question = INPUTS[0]
     expected = pipeline_answer(folder, image, question)
-    with bcqlm_serve("--model", str(folder), "--trust_remote_code", env={"HF_HOME": str(tmp_path)}) as url:
+    with running_server(
+        "bcqlm", "serve", "--model", str(folder), "--trust_remote_code", ready_path="/health", HF_HOME=str(tmp_path)
+    ) as (url, _):
         body = {"messages": messages(image, question), "max_tokens": MAX_TOKENS}
         text = json.loads(post(f"{url}/v1/chat/completions", body))["choices"][0]["message"]["content"]
         assert text.strip() == expected
