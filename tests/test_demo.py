@@ -157,12 +157,15 @@ def test_answer_streams_token_by_token_then_scores(model_and_processor):
         list(answer_streamed(vqa, image, "  ", TOP_K))
 
 
-def test_bad_demo_models_get_clear_errors(tmp_path):
+def test_bad_demo_models_and_a_missing_gradio_get_clear_errors(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "llava"}')
     result = run_python("-m", "modeling_bcqlm.demo", "--model", tmp_path, cwd=tmp_path)
     assert result.returncode == 1 and "is a 'llava' model, not a BcQLM one" in result.stderr, result.stderr[-3000:]
     with pytest.raises(SystemExit, match="does not exist"):
         main(["demo", "--model", str(tmp_path / "missing")])
+    script = "import sys\nsys.modules['gradio'] = None  # not installed\nfrom modeling_bcqlm.cli.main import main\n"
+    result = run_python("-c", script + "main(['demo'])", cwd=tmp_path)
+    assert result.returncode == 1 and "pip install 'bcqlm[demo]'" in result.stderr, result.stderr[-3000:]
 
 
 def bash_blocks() -> list[str]:

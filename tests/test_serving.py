@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 EXAMPLE_IMAGE = ROOT / "examples" / "images" / "shapes.png"
 MAX_TOKENS = 4
+RUN_MAIN = "from modeling_bcqlm.cli.main import main\nmain(sys.argv[1:])\n"
 INPUTS = [
     (make_image(seed=1), "what colour is the square?"),
     (make_image(seed=2), "how many circles are there?"),
@@ -170,7 +171,7 @@ def test_serve_runs_the_folders_own_code_with_trust_remote_code(bundled, hub_fol
     assert list((tmp_path / "modules" / "transformers_modules" / folder.name).rglob("modeling_bcqlm.py"))
 
 
-def test_bad_serve_arguments_get_clear_errors(tmp_path):
+def test_bad_serve_arguments_and_missing_serving_dependencies_get_clear_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava"}))
     with pytest.raises(SystemExit, match=r"is a 'llava' model, not a BcQLM one"):
         main(["serve", "--model", str(tmp_path)])
@@ -178,6 +179,9 @@ def test_bad_serve_arguments_get_clear_errors(tmp_path):
         main(["serve", "--port", "70000"])
     with pytest.raises(SystemExit, match=r"--device 'gpu' is not a device"):
         main(["serve", "--device", "gpu"])
+    without_fastapi = "import sys\nsys.modules['fastapi'] = None  # not installed\n" + RUN_MAIN
+    result = run_python("-c", without_fastapi, "serve", cwd=tmp_path)
+    assert result.returncode == 1 and "pip install 'bcqlm[serve]'" in result.stderr, result.stderr[-3000:]
 
 
 def bash_blocks() -> list[str]:
