@@ -7,13 +7,17 @@
 2. Tokenizers, trained on the synthetic text: a byte-level BPE for the decoder, a WordPiece vocabulary for the
    question encoder, a CLIP BPE for the teacher.
 3. A small CLIP teacher (`transformers.CLIPModel`) trained contrastively on the captions with the `Trainer`.
-4. Stage 1: `examples/distill_breezeclip.py` distils a small BreezeCLIP (MobileViT + MobileBERT) from it.
+4. Stage 1: `examples/distill_breezeclip.py` distils a small BreezeCLIP (MobileViT + MobileBERT) from it: its pooled
+   image and text embeddings and, cell by cell, the teacher's patch tokens, which teach the image tower what each
+   cell holds (pooled embeddings alone, or with the student's own contrastive and affinity losses, leave the cells
+   blind to colour). The student sees 64 px images (output stride 16: the same 4 x 4 map at a third of the cost).
 5. The decoder (a small `LlamaForCausalLM`) learns the language of the prompts and answers as a causal LM on the
    training questions and answers (text only).
 6. `conversion/compose_bcqlm.py` assembles BcQLM from the two; stage 2 (`examples/train_vqa.py`) trains it on the VQA
-   data with the recipe of `--recipe` (default `full`: everything trained, BreezeCLIP starting from its distilled
-   weights). Each image's questions stay together in the shuffled training order, so that a batch runs the image
-   tower once per image (`order_by_image`).
+   data with the recipe of `--recipe` (default `frozen_vision`: BreezeCLIP frozen as stage 1 left it, the rest trained;
+   `full` trains BreezeCLIP too, and the question loss then wipes the colour out of its cells before the read-out
+   learns to use it). Each image's questions stay together in the shuffled training order, so that a batch runs the
+   image tower once per image (`order_by_image`).
 7. `examples/evaluate_vqa.py` scores it on the test split, all of it and its held-out combinations apart.
 
 `--quick` runs every step on a few examples for a smoke test. `--work_dir` keeps the intermediate folders.
@@ -62,13 +66,16 @@ from modeling_bcqlm.export import save_hub_folder
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "Question: {question}\nAnswer: {answer}"
 
-# Sizes of the shipped model; `--quick` keeps them and shortens the training.
+# Sizes of the shipped model; `--quick` keeps them and shortens the training. Scenes are drawn at `IMAGE_SIZE` (the
+# teacher's input); BreezeCLIP's image processor resizes them to `STUDENT_IMAGE_SIZE`.
 IMAGE_SIZE = 128
+STUDENT_IMAGE_SIZE = 64
 PROJECTION_DIM = 64
 STUDENT_CONFIG = {
     "vision_config": {
         "model_type": "mobilevit",
-        "image_size": IMAGE_SIZE,
+        "image_size": STUDENT_IMAGE_SIZE,
+        "output_stride": 16,
         "hidden_sizes": [48, 64, 80],
         "neck_hidden_sizes": [16, 16, 24, 48, 64, 80, 160],
         "num_attention_heads": 4,
@@ -245,7 +252,8 @@ def distill_breezeclip(args, work: Path, caption_file: Path, question_tokenizer:
         "--train_file", caption_file,
         "--output_dir", work / "breezeclip",
         "--precompute_teacher_embeddings",
-        "--affinity_distillation_weight", "1.0",
+        "--contrastive_weight", "0",
+        "--patch_distillation_weight", "1.0",
         "--num_train_epochs", args.distillation_epochs,
         "--per_device_train_batch_size", "64",
         "--learning_rate", "2e-3",
@@ -328,16 +336,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", required=True, help="Where the trained model and its processor are written.")
     parser.add_argument("--work_dir", help="Folder of the intermediate data and models (default: a temporary one).")
-    parser.add_argument("--train_images", type=int, default=12000)
+    parser.add_argument("--train_images", type=int, default=16000)
     parser.add_argument("--caption_images", type=int, default=2000, help="Images of the teacher's and stage 1's captions.")
     parser.add_argument("--test_images", type=int, default=400)
     parser.add_argument("--questions_per_image", type=int, default=5)
     parser.add_argument("--teacher_epochs", type=float, default=4)
-    parser.add_argument("--distillation_epochs", type=float, default=4)
+    parser.add_argument("--distillation_epochs", type=float, default=8)
     parser.add_argument("--decoder_epochs", type=float, default=0.25)
     parser.add_argument("--vqa_epochs", type=float, default=3)
     parser.add_argument(
-        "--recipe", choices=("stage2", "frozen_vision", "full"), default="full", help="What stage 2 trains."
+        "--recipe", choices=("stage2", "frozen_vision", "full"), default="frozen_vision", help="What stage 2 trains."
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="A few examples and steps: a smoke test of every step.")
