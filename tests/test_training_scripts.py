@@ -267,11 +267,7 @@ def test_readme_training_commands_run(tmp_path, data, bcqlm_folder):
         "examples/train_vqa.py",
         "examples/evaluate_vqa.py",
     ]
-    teacher, teacher_processor = make_tiny_clip_teacher(projection_dim=20)
-    teacher.save_pretrained(tmp_path / "teacher")
-    teacher_processor.save_pretrained(tmp_path / "teacher")
-    make_breezeclip_processing()[1].save_pretrained(tmp_path / "student_tokenizer")
-    tiny_breezeclip_config().to_json_file(tmp_path / "student.json")
+    save_distillation_parts(tmp_path)
     shutil.copytree(data, tmp_path / "work")
     replacements = {
         "openai/clip-vit-base-patch32": str(tmp_path / "teacher"),

@@ -79,12 +79,15 @@ def _parse_args(argv):
 
 
 def _check_args(args) -> None:
-    if args.command in ("export", "serve", "demo"):
-        if args.command != "export":
-            _check_server_args(args)
-        if args.model is not None:
-            _check_model_folder(args.model)
-        return
+    if args.command in ("serve", "demo"):
+        _check_server_args(args)
+    elif args.command == "ask":
+        _check_ask_args(args)
+    if args.model is not None:
+        _check_model_folder(args.model)
+
+
+def _check_ask_args(args) -> None:
     if args.top_k < 1:
         raise CommandError("--top_k must be at least 1.")
     if args.stream and args.top_k > 1:
@@ -97,8 +100,6 @@ def _check_args(args) -> None:
         raise CommandError("--question is empty: write the question about the image.")
     if not DEVICE_PATTERN.fullmatch(args.device):
         raise CommandError(f"--device {args.device!r} is not a device: use 'cpu', 'cuda', 'cuda:N', 'mps' or 'xpu'.")
-    if args.model is not None:
-        _check_model_folder(args.model)
 
 
 def _check_server_args(args) -> None:
