@@ -1,11 +1,14 @@
-"""Which answers of the embedded default BcQLM depend on the image: its synthetic test split answered with each
-question's own scene, with another scene's image, and with an empty scene (background only).
+"""Which answers of the embedded default BcQLM depend on the image, and do they hold on other drawings of the same
+scene: its synthetic test split answered with each question's own scene, with another scene's image, with an empty
+scene (background only), with its own scene in a random style of the generator (`random_style`: background, shades,
+anti-aliasing) and drawn by another renderer (`benchmarks/lib/numpy_renderer.py`).
 
     python -m benchmarks.image_ablation --output benchmarks/results/image_ablation.json
 
 A question type whose accuracy does not fall when the image is replaced is answered from the question alone (the
-answer priors of the training data). Reports, per condition, the accuracy overall and per question type and the share
-of answers that stay the same as with the question's own image. Prints a Markdown table.
+answer priors of the training data); one whose accuracy falls when the same scene is drawn otherwise depends on the
+generator's pixels. Reports, per condition, the accuracy overall and per question type and the share of answers that
+stay the same as with the question's own image. Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -14,30 +17,44 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks.lib import numpy_renderer
 from benchmarks.lib.system import machine_info
 from benchmarks.quantized_accuracy import QUESTION_TYPES, default_test_split
 from examples.evaluate_vqa import answer_questions, score
 from modeling_bcqlm import DEFAULT_MODEL, BcQLMForConditionalGeneration, BcQLMProcessor
-from modeling_bcqlm.data.synthetic_shapes import BACKGROUND_COLOUR
+from modeling_bcqlm.data.synthetic_shapes import BACKGROUND_COLOUR, SceneObject, random_style, render_scene
 
 
-CONDITIONS = ("own scene", "another scene", "empty scene")
+CONDITIONS = ("own scene", "another scene", "empty scene", "own scene restyled", "own scene, other renderer")
 
 
-def images_for(condition: str, rows: list[dict]) -> list[Image.Image]:
-    """Each row's image under `condition`: its own, the next scene's, or the background alone."""
+def images_for(condition: str, rows: list[dict], seed: int = 0) -> list[Image.Image]:
+    """
+    Each row's image under `condition`: its own, the next scene's, the background alone, or its own scene redrawn
+    (each scene in one random style, drawn by the generator or by the numpy renderer).
+    """
     if condition == "own scene":
         return [row["image"] for row in rows]
+    image_by_scene = {row["scene"]: row["image"] for row in rows}
+    scenes = list(image_by_scene)
     if condition == "another scene":
-        image_by_scene = {row["scene"]: row["image"] for row in rows}
-        scenes = list(image_by_scene)
         next_scene = {scene: scenes[(index + 1) % len(scenes)] for index, scene in enumerate(scenes)}
         return [image_by_scene[next_scene[row["scene"]]] for row in rows]
-    empty = Image.new("RGB", rows[0]["image"].size, BACKGROUND_COLOUR)
-    return [empty] * len(rows)
+    image_size = rows[0]["image"].size[0]
+    if condition == "empty scene":
+        return [Image.new("RGB", (image_size, image_size), BACKGROUND_COLOUR)] * len(rows)
+    redrawn = {}
+    for index, scene_json in enumerate(scenes):
+        scene, rng = [SceneObject(**obj) for obj in json.loads(scene_json)], np.random.default_rng([seed, index])
+        if condition == "own scene restyled":
+            redrawn[scene_json] = render_scene(scene, image_size, random_style(scene, rng))
+        else:
+            redrawn[scene_json] = numpy_renderer.draw_scene(scene, image_size, rng)
+    return [redrawn[row["scene"]] for row in rows]
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -411,3 +411,22 @@ def test_onnx_engine_benchmark_on_the_tiny_model(tmp_path):
     assert set(results["exports"]) == {"fp32", "int4"}
     assert results["exports"]["int4"]["decoder_bytes"] < results["exports"]["fp32"]["decoder_bytes"]
     assert json.loads((tmp_path / "onnx.json").read_text())["runs"].keys() == results["runs"].keys()
+
+
+
+def test_numpy_renderer_draws_the_generators_shapes_in_other_pixels():
+    from benchmarks.lib.numpy_renderer import draw_scene
+    from modeling_bcqlm.data.synthetic_shapes import COLOURS, generate_scene
+
+    rows, columns = np.mgrid[:128, :128]
+    for seed in range(12):
+        scene = generate_scene(np.random.default_rng(seed), 128)
+        own = np.asarray(render_scene(scene, 128)).astype(int)
+        other = np.asarray(draw_scene(scene, 128, np.random.default_rng(seed))).astype(int)
+        assert not np.array_equal(own[0, 0], other[0, 0])  # another background
+        for obj in scene:
+            near = np.hypot(columns - obj.x, rows - obj.y) <= obj.radius + 1
+            own_mask = near & np.all(own == COLOURS[obj.colour], axis=-1)
+            # The other image's pixels nearer this colour than its background.
+            other_mask = near & (np.abs(other - COLOURS[obj.colour]).sum(-1) < np.abs(other - other[0, 0]).sum(-1))
+            assert (own_mask & other_mask).sum() / (own_mask | other_mask).sum() > 0.85, (seed, obj)

@@ -349,3 +349,27 @@ def test_each_question_type_takes_a_turn():
     questions = generate_questions(scene[:1], np.random.default_rng(0), num_questions=6)
     assert len(questions) == 6
     assert {question["question_type"] for question in questions} == {"attribute", "existence", "counting"}
+
+
+def test_varied_styles_keep_each_shape_its_colour_and_size_apart_from_the_other_size():
+    from modeling_bcqlm.data.synthetic_shapes import STYLE_SCALE, STYLE_SHADE, object_radius
+
+    varied = make_synthetic_vqa(30, seed=7, questions_per_image=5, vary_style=True)
+    assert image_bytes(make_synthetic_vqa(30, seed=7, questions_per_image=5, vary_style=True)) == image_bytes(varied)
+    images = decoded_images(varied)
+    backgrounds = set()
+    for image, index in images:
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+        backgrounds.add(tuple(pixels[0, 0]))
+        scene = json.loads(varied[index]["scene"])
+        for obj in scene:
+            low, high = (object_radius(obj["size"], 96, scale) for scale in STYLE_SCALE)
+            assert low <= obj["radius"] <= high
+            # The centre is the shape's colour, shaded by at most STYLE_SHADE per channel.
+            assert np.abs(pixels[obj["y"], obj["x"]] - COLOURS[obj["colour"]]).max() <= STYLE_SHADE
+        # Anti-aliased edges blend colours: more distinct pixel values than shapes and background.
+        assert len(np.unique(pixels.reshape(-1, 3), axis=0)) >= len(scene) + 1
+    assert len(backgrounds) == len(images)
+    assert object_radius("small", 96, STYLE_SCALE[1]) < object_radius("large", 96, STYLE_SCALE[0])
+    anti_aliased = [len(np.unique(np.asarray(image.convert("RGB")).reshape(-1, 3), axis=0)) > 50 for image, _ in images]
+    assert 0 < sum(anti_aliased) < len(images)

@@ -22,6 +22,10 @@ pick out exactly one object. Five types:
 - `comparison`: "is the circle larger than the square?", "are the red object and the large object the same shape?",
   answered yes and no equally often; the compared attribute never appears in the descriptions.
 
+With `vary_style`, each scene is drawn in a style of its own (`random_style`): a random light background, each
+shape's colour shaded by up to `STYLE_SHADE` per channel, its radius scaled within `STYLE_SCALE`, and half of the images
+anti-aliased; so that a model trained on them does not depend on this renderer's exact pixels.
+
 Held-out shape-colour combinations (`HELD_OUT_COMBINATIONS`) never appear in the train split: in no scene, question or
 caption. In the test split, a `held_out_fraction` of the images contain at least one object with a held-out combination
 and the rest follow the train distribution; the `held_out` column is true for the questions about the first kind.
@@ -66,6 +70,12 @@ PLACEMENT_TRIES = 100
 LAYOUT_TRIES = 10
 # How far an object's centre must lie beyond an anchor's along a relation's axis, as a fraction of their radii's sum.
 SPATIAL_MARGIN = 0.5
+# Renderer variation (`vary_style`): per-channel shade of a shape's colour, range of its radius as a factor of its
+# size's, lowest channel value of the background, and the supersampling factor of anti-aliased images.
+STYLE_SHADE = 20
+STYLE_SCALE = (0.85, 1.15)
+STYLE_MIN_BACKGROUND = 170
+SUPERSAMPLING = 4
 HELD_OUT_COMBINATIONS = frozenset({("triangle", "green"), ("circle", "purple")})
 SPLITS = ("train", "test")
 QUESTION_TYPES = ("attribute", "existence", "counting", "spatial", "comparison")
@@ -174,9 +184,30 @@ class SceneObject:
     radius: int
 
 
-def object_radius(size: str, image_size: int = MIN_IMAGE_SIZE) -> int:
-    """The radius in pixels of a `size` shape ("small" or "large") in an image of `image_size` pixels."""
-    return round(RADII[size] * image_size / MIN_IMAGE_SIZE)
+@dataclass(frozen=True)
+class RenderStyle:
+    """How `render_scene` draws a scene: its background, each shape's fill in scene order (`None`: the palette's
+    `COLOURS`) and whether edges are anti-aliased (drawn `SUPERSAMPLING` times larger, then averaged down)."""
+
+    background: tuple[int, int, int] = BACKGROUND_COLOUR
+    fills: tuple[tuple[int, int, int], ...] | None = None
+    anti_aliased: bool = False
+
+
+def random_style(scene: list[SceneObject], rng: np.random.Generator) -> RenderStyle:
+    """A random `RenderStyle` for `scene`: a light background, shaded palette colours, anti-aliased half the time."""
+    background = tuple(int(value) for value in rng.integers(STYLE_MIN_BACKGROUND, 256, size=3))
+    shades = rng.integers(-STYLE_SHADE, STYLE_SHADE + 1, size=(len(scene), 3))
+    fills = tuple(
+        tuple(int(value) for value in np.clip(np.add(COLOURS[obj.colour], shade), 0, 255))
+        for obj, shade in zip(scene, shades)
+    )
+    return RenderStyle(background, fills, anti_aliased=bool(rng.random() < 0.5))
+
+
+def object_radius(size: str, image_size: int = MIN_IMAGE_SIZE, scale: float = 1.0) -> int:
+    """The radius in pixels of a `size` shape ("small" or "large") in an image of `image_size` pixels, times `scale`."""
+    return round(RADII[size] * scale * image_size / MIN_IMAGE_SIZE)
 
 
 def generate_scene(
@@ -184,10 +215,12 @@ def generate_scene(
     image_size: int = MIN_IMAGE_SIZE,
     num_objects: int | None = None,
     include_held_out: bool = False,
+    scale_range: tuple[float, float] | None = None,
 ) -> list[SceneObject]:
     """
     Draws a scene of `num_objects` shapes (default: 1 to `MAX_OBJECTS`, uniformly) at random non-touching positions.
-    Without `include_held_out` no shape has a combination of `HELD_OUT_COMBINATIONS`; with it at least one has.
+    Without `include_held_out` no shape has a combination of `HELD_OUT_COMBINATIONS`; with it at least one has. With
+    `scale_range` each radius is its size's times a factor drawn uniformly from that range.
     """
     _check_image_size(image_size)
     if num_objects is None:
@@ -203,7 +236,8 @@ def generate_scene(
                 combinations = seen_combinations
             else:
                 combinations = sorted(HELD_OUT_COMBINATIONS) if index == 0 else all_combinations
-            attributes.append((*_pick(rng, combinations), _pick(rng, SIZES)))
+            scale = 1.0 if scale_range is None else float(rng.uniform(*scale_range))
+            attributes.append((*_pick(rng, combinations), _pick(rng, SIZES), scale))
         # Large shapes first: they are the hardest to fit.
         attributes.sort(key=lambda shape_colour_size: SIZES.index(shape_colour_size[2]), reverse=True)
         for _ in range(LAYOUT_TRIES):
@@ -212,13 +246,19 @@ def generate_scene(
                 return scene
 
 
-def render_scene(scene: list[SceneObject], image_size: int = MIN_IMAGE_SIZE) -> Image.Image:
-    """Draws `scene` on an `image_size` x `image_size` RGB image, without anti-aliasing."""
-    image = Image.new("RGB", (image_size, image_size), BACKGROUND_COLOUR)
+def render_scene(
+    scene: list[SceneObject], image_size: int = MIN_IMAGE_SIZE, style: RenderStyle | None = None
+) -> Image.Image:
+    """Draws `scene` on an `image_size` x `image_size` RGB image, in `style` (default: the palette on the default
+    background, without anti-aliasing)."""
+    style = style or RenderStyle()
+    factor = SUPERSAMPLING if style.anti_aliased else 1
+    image = Image.new("RGB", (image_size * factor, image_size * factor), style.background)
     draw = ImageDraw.Draw(image)
-    for obj in scene:
-        fill = COLOURS[obj.colour]
-        x, y, radius = obj.x, obj.y, obj.radius
+    fills = style.fills or [COLOURS[obj.colour] for obj in scene]
+    for obj, fill in zip(scene, fills):
+        # Pixel centres map to pixel centres in the larger image.
+        x, y, radius = obj.x * factor + (factor - 1) / 2, obj.y * factor + (factor - 1) / 2, obj.radius * factor
         if obj.shape == "circle":
             draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=fill)
         elif obj.shape == "square":
@@ -228,7 +268,7 @@ def render_scene(scene: list[SceneObject], image_size: int = MIN_IMAGE_SIZE) -> 
             half_base = radius * math.sqrt(3) / 2
             corners = [(x, y - radius), (x - half_base, y + radius / 2), (x + half_base, y + radius / 2)]
             draw.polygon(corners, fill=fill)
-    return image
+    return image.resize((image_size, image_size), Image.Resampling.BOX) if factor > 1 else image
 
 
 def generate_caption(scene: list[SceneObject], rng: np.random.Generator) -> str:
@@ -297,17 +337,20 @@ def make_synthetic_vqa(
     image_size: int = MIN_IMAGE_SIZE,
     split: str = "train",
     held_out_fraction: float = 0.5,
+    vary_style: bool = False,
 ) -> Dataset:
     """
     Builds `num_images` scenes and their questions as a `datasets.Dataset` with the columns of
     `SYNTHETIC_VQA_FEATURES`: those of `VQA_FEATURES`, `scene` (the scene description as JSON), `caption` and
     `held_out`. Question types are balanced across the whole dataset (see `generate_questions`). The same arguments
     give the same rows and image bytes, and fewer images give a prefix of the rows; train and test scenes differ.
+    `vary_style` draws each scene in a random style (see the module's docstring).
     """
     excluded_combinations = HELD_OUT_COMBINATIONS if split == "train" else frozenset()
     rows = {column: [] for column in SYNTHETIC_VQA_FEATURES}
     type_counts = collections.Counter()
-    for index, scene, image, caption, rng in _synthetic_images(num_images, seed, image_size, split, held_out_fraction):
+    images = _synthetic_images(num_images, seed, image_size, split, held_out_fraction, vary_style)
+    for index, scene, image, caption, rng in images:
         scene_json = json.dumps([asdict(obj) for obj in scene])
         held_out = any((obj.shape, obj.colour) in HELD_OUT_COMBINATIONS for obj in scene)
         questions = generate_questions(scene, rng, questions_per_image, excluded_combinations, type_counts)
@@ -330,13 +373,15 @@ def make_synthetic_captions(
     image_size: int = MIN_IMAGE_SIZE,
     split: str = "train",
     held_out_fraction: float = 0.5,
+    vary_style: bool = False,
 ) -> Dataset:
     """
     The images of `make_synthetic_vqa` with the same arguments, one row each with its caption, for BreezeCLIP's
     distillation (the columns of `load_caption_file`).
     """
     rows = {"image": [], "caption": []}
-    for _, _, image, caption, _ in _synthetic_images(num_images, seed, image_size, split, held_out_fraction):
+    images = _synthetic_images(num_images, seed, image_size, split, held_out_fraction, vary_style)
+    for _, _, image, caption, _ in images:
         rows["image"].append(image)
         rows["caption"].append(caption)
     return Dataset.from_dict(rows, features=SYNTHETIC_CAPTION_FEATURES)
@@ -378,17 +423,24 @@ def make_synthetic_splits(
     )
 
 
-def _synthetic_images(num_images, seed, image_size, split, held_out_fraction):
-    """Yields each image's index, scene, PNG bytes, caption and random generator, seeded by (seed, split, index)."""
+def _synthetic_images(num_images, seed, image_size, split, held_out_fraction, vary_style=False):
+    """
+    Yields each image's index, scene, PNG bytes, caption and random generator, seeded by (seed, split, index); the
+    style of a varied image comes from a generator of its own, so that the questions do not depend on it.
+    """
     if split not in SPLITS:
         raise ValueError(f"`split` must be one of {SPLITS}, got {split!r}.")
     _check_image_size(image_size)
     for index in range(num_images):
         rng = np.random.default_rng([seed, SPLITS.index(split), index])
         include_held_out = split == "test" and rng.random() < held_out_fraction
-        scene = generate_scene(rng, image_size, include_held_out=include_held_out)
+        scale_range = STYLE_SCALE if vary_style else None
+        scene = generate_scene(rng, image_size, include_held_out=include_held_out, scale_range=scale_range)
+        style = None
+        if vary_style:
+            style = random_style(scene, np.random.default_rng([seed, SPLITS.index(split), index, 1]))
         buffer = io.BytesIO()
-        render_scene(scene, image_size).save(buffer, format="PNG")
+        render_scene(scene, image_size, style).save(buffer, format="PNG")
         yield index, scene, {"bytes": buffer.getvalue(), "path": None}, generate_caption(scene, rng), rng
 
 
@@ -411,10 +463,12 @@ def _extent(shape, radius):
 
 
 def _layout(rng, attributes, image_size):
-    """Places shapes of the given (shape, colour, size) at random centres, or returns None where one does not fit."""
+    """
+    Places shapes of the given (shape, colour, size, scale) at random centres, or returns None where one does not fit.
+    """
     scene = []
-    for shape, colour, size in attributes:
-        radius = object_radius(size, image_size)
+    for shape, colour, size, scale in attributes:
+        radius = object_radius(size, image_size, scale)
         centre = _place(rng, scene, shape, radius, image_size)
         if centre is None:
             return None
