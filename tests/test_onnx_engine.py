@@ -68,6 +68,11 @@ def test_fp32_export_answers_exactly_as_pytorch(model_and_processor, exports):
         assert torch.equal(engine.generate(**inputs, max_new_tokens=6), expected), question
         answers.add(tuple(expected[0, inputs["input_ids"].shape[1] :].tolist()))
     assert len(answers) > 1  # the inputs lead to different answers: the image and question reach the decoder
+    # The prefill computes the last position's logits only, those of PyTorch.
+    with torch.no_grad():
+        logits = engine(**inputs).logits
+        assert logits.shape == (1, 1, model.config.text_config.vocab_size)
+        torch.testing.assert_close(logits[:, -1], model(**inputs).logits[:, -1], atol=1e-4, rtol=1e-4)
 
 
 def test_exported_folder_is_a_bcqlm_folder_with_an_onnx_decoder(tiny_folder, exports):

@@ -79,7 +79,9 @@ def export_onnx(model_path: str | Path, output_dir: str | Path, precision: str =
         level = quantizer_logs.level
         quantizer_logs.setLevel(logging.WARNING)  # one line per matrix otherwise
         try:
-            options = builder.parse_extra_options(*arguments, ["exclude_embeds=true"])
+            # The front embeds the prompt; the prefill computes logits for the last position only (the answer's next
+            # token), not for every prompt position through the 128256-word LM head.
+            options = builder.parse_extra_options(*arguments, ["exclude_embeds=true", "prune_lm_head=true"])
             builder.create_model(*arguments, **options)
         finally:
             quantizer_logs.setLevel(level)

@@ -48,7 +48,8 @@ class OnnxDecoder(nn.Module):
     """
     BcQLM's decoder and LM head on an ONNX Runtime session, in place of its language model: it takes what `BcQLMModel`
     passes the language model (`inputs_embeds` `(batch_size, sequence_length, hidden_size)`, the attention mask and
-    the key/value cache) and returns the logits `(batch_size, sequence_length, vocab_size)` as its last hidden state.
+    the key/value cache) and returns the last position's logits `(batch_size, 1, vocab_size)` as its last hidden
+    state (the graph computes no others: all that generation reads).
     """
 
     def __init__(self, session, decoder_config: dict, embed_tokens: nn.Embedding):
@@ -82,7 +83,7 @@ class OnnxDecoder(nn.Module):
         return feeds
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None, use_cache=None, **kwargs):
-        """Logits `(batch_size, sequence_length, vocab_size)` as `last_hidden_state`, and the updated cache."""
+        """The last position's logits `(batch_size, 1, vocab_size)` as `last_hidden_state`, and the updated cache."""
         cache = kwargs.get(CACHE_NAME)
         batch_size, length = inputs_embeds.shape[:2]
         past_length = cache.get_seq_length() if cache is not None else 0
