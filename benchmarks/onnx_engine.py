@@ -23,6 +23,7 @@ from benchmarks.lib.inputs import generate_exactly, make_inputs
 from benchmarks.lib.peers import PEERS
 from benchmarks.lib.report import gb, table_row, write_json
 from benchmarks.lib.system import machine_info, max_rss_bytes, run_here, run_isolated
+from benchmarks.lib.timing import PartTimer
 from modeling_bcqlm import BcQLMForConditionalGeneration
 from modeling_bcqlm.engines import ONNX_PRECISIONS
 from modeling_bcqlm.testing.tiny_models import make_processor
@@ -44,17 +45,33 @@ class StampStreamer:
         pass
 
 
-def _timings(generate, repeats: int) -> dict:
-    """Median TTFT and decode tokens/s over `repeats` runs of `generate(streamer)`, after one untimed run."""
-    ttfts, rates = [], []
+def _timings(model, generate, new_tokens: int, repeats: int) -> dict:
+    """
+    Median TTFT and decode tokens/s over `repeats` runs of `generate(new_tokens, streamer)`, after one untimed run; then
+    the median seconds of each of BcQLM's parts (`PEERS["bcqlm"].parts`) in `repeats` one-token runs (the TTFT's parts;
+    "rest": the run's time outside them: the embedding lookup, generation's own work).
+    """
+    ttfts, rates, parts = [], [], []
     for run in range(repeats + 1):
         streamer, start = StampStreamer(), time.perf_counter()
-        generate(streamer)
+        generate(new_tokens, streamer)
         first, last = streamer.stamps[1], streamer.stamps[-1]
         if run:
             ttfts.append(first - start)
             rates.append((len(streamer.stamps) - 2) / (last - first))
-    return {"ttft_s": statistics.median(ttfts), "decode_tokens_per_s": statistics.median(rates), "runs": repeats}
+    timer = PartTimer(model, {name: path for name, path in PEERS["bcqlm"].parts.items() if name != "lm_head"})
+    for _ in range(repeats):
+        timer.reset()
+        start = time.perf_counter()
+        generate(1, None)
+        parts.append({**timer.times, "rest": time.perf_counter() - start - sum(timer.times.values())})
+    timer.remove()
+    return {
+        "ttft_s": statistics.median(ttfts),
+        "decode_tokens_per_s": statistics.median(rates),
+        "ttft_parts_s": {name: statistics.median(run[name] for run in parts) for name in parts[0]},
+        "runs": repeats,
+    }
 
 
 def save_checkpoint(folder: str, tiny: bool) -> None:
@@ -68,7 +85,9 @@ def time_torch(folder: str, dtype: str, new_tokens: int, repeats: int, threads: 
     model = BcQLMForConditionalGeneration.from_pretrained(folder, dtype=TORCH_DTYPES[dtype]).eval()
     inputs = make_inputs(PEERS["bcqlm"], model.config)
     inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-    result = _timings(lambda streamer: generate_exactly(model, inputs, new_tokens, streamer=streamer), repeats)
+    result = _timings(
+        model, lambda tokens, streamer: generate_exactly(model, inputs, tokens, streamer=streamer), new_tokens, repeats
+    )
     return {**result, "peak_rss_bytes": max_rss_bytes()}
 
 
@@ -79,7 +98,9 @@ def time_onnx(folder: str, new_tokens: int, repeats: int, threads: int) -> dict:
     model = BcQLMOnnxForConditionalGeneration.from_pretrained(folder, num_threads=threads)
     model.generation_config.eos_token_id = None  # exactly `new_tokens` tokens, as with the PyTorch runs
     inputs = make_inputs(PEERS["bcqlm"], model.config)
-    result = _timings(lambda streamer: model.generate(**inputs, max_new_tokens=new_tokens, streamer=streamer), repeats)
+    result = _timings(
+        model, lambda tokens, streamer: model.generate(**inputs, max_new_tokens=tokens, streamer=streamer), new_tokens, repeats
+    )
     return {**result, "peak_rss_bytes": max_rss_bytes()}
 
 
@@ -101,6 +122,10 @@ def markdown(results: dict) -> str:
             name, f"{run['ttft_s']:.2f} s", f"{run['decode_tokens_per_s']:.1f}", gb(run["peak_rss_bytes"]),
             f"{made['seconds']:.0f} s" if made else "", gb(made["peak_rss_bytes"]) if made else "",
         ]))  # fmt: skip
+    names = list(next(iter(results["runs"].values()))["ttft_parts_s"])
+    lines += ["", table_row(["one-token run by part", *names]), table_row(["---", *["---:"] * len(names)])]
+    for name, run in results["runs"].items():
+        lines.append(table_row([name, *[f"{run['ttft_parts_s'][part]:.3f} s" for part in names]]))
     return "\n".join(lines)
 
 

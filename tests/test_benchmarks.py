@@ -411,7 +411,10 @@ def test_onnx_engine_benchmark_on_the_tiny_model(tmp_path):
     assert set(results["exports"]) == {"fp32", "int4"}
     assert results["exports"]["int4"]["decoder_bytes"] < results["exports"]["fp32"]["decoder_bytes"]
     assert json.loads((tmp_path / "onnx.json").read_text())["runs"].keys() == results["runs"].keys()
-
+    for run in results["runs"].values():  # the one-token runs' parts lie within them: the rest is what is left over
+        parts = run["ttft_parts_s"]
+        assert list(parts) == ["image tower", "question encoder", "projections+adapter", "Q-GCAM", "decoder", "rest"]
+        assert all(seconds >= 0 for seconds in parts.values()) and parts["image tower"] > 0 and parts["decoder"] > 0
 
 
 def test_numpy_renderer_draws_the_generators_shapes_in_other_pixels():
