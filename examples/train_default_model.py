@@ -53,7 +53,7 @@ from transformers import (
 
 import modeling_bcqlm
 from modeling_bcqlm import BcQLMForConditionalGeneration, BcQLMProcessor, BreezeCLIPConfig
-from modeling_bcqlm.data.synthetic_shapes import make_synthetic_captions, make_synthetic_splits
+from modeling_bcqlm.data.synthetic_shapes import make_synthetic_captions, make_synthetic_vqa
 from modeling_bcqlm.data.tokenizers import (
     EOS,
     train_clip_tokenizer,
@@ -201,14 +201,22 @@ def training_arguments(output_dir: Path, epochs: float, batch_size: int, learnin
 
 def make_data(args, work: Path) -> tuple[datasets.DatasetDict, datasets.Dataset, Path]:
     """The VQA splits (saved under `work/vqa`), the captioned images and their caption file."""
-    splits = make_synthetic_splits(
-        args.train_images, args.test_images, args.seed, args.questions_per_image, image_size=IMAGE_SIZE
+    # The test split stays in the generator's plain style (`benchmarks/image_ablation.py` redraws it).
+    splits = datasets.DatasetDict(
+        {
+            "train": make_synthetic_vqa(
+                args.train_images, args.seed, args.questions_per_image, IMAGE_SIZE, "train", vary_style=args.vary_style
+            ),
+            "test": make_synthetic_vqa(args.test_images, args.seed, args.questions_per_image, IMAGE_SIZE, "test"),
+        }
     )
     splits["train"] = order_by_image(splits["train"], args.seed)
     splits["test_held_out"] = splits["test"].filter(lambda row: row["held_out"])
     splits["test_seen"] = splits["test"].filter(lambda row: not row["held_out"])
     splits.save_to_disk(str(work / "vqa"))
-    captions = make_synthetic_captions(args.caption_images, args.seed, image_size=IMAGE_SIZE, split="train")
+    captions = make_synthetic_captions(
+        args.caption_images, args.seed, image_size=IMAGE_SIZE, split="train", vary_style=args.vary_style
+    )
     return splits, captions, write_caption_file(captions, work / "captions")
 
 
@@ -346,6 +354,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--vqa_epochs", type=float, default=3)
     parser.add_argument(
         "--recipe", choices=("stage2", "frozen_vision", "full"), default="frozen_vision", help="What stage 2 trains."
+    )
+    parser.add_argument(
+        "--vary_style",
+        action="store_true",
+        help="Draw the training scenes and captioned images in random styles (background, shades, scale, anti-aliasing).",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="A few examples and steps: a smoke test of every step.")

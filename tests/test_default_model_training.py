@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+from PIL import Image
 from transformers import AutoModel, AutoProcessor
 
 from modeling_bcqlm import BcQLMForConditionalGeneration
@@ -57,3 +58,26 @@ def test_order_by_image_shuffles_images_and_keeps_their_questions_together():
     assert runs != sorted(runs)  # the images are shuffled
     assert all(rows[i] < rows[i + 1] for i in range(len(rows) - 1) if images[i] == images[i + 1])
     assert order_by_image(questions, seed=0)["question_id"] == ordered["question_id"]
+
+
+def test_vary_style_draws_the_training_scenes_in_other_styles_and_keeps_the_test_split(tmp_path):
+    import datasets
+    import numpy as np
+
+    from modeling_bcqlm.data.synthetic_shapes import BACKGROUND_COLOUR, COLOURS
+
+    completed = run_python(
+        REPO / "examples" / "train_default_model.py", "--quick", "--vary_style",
+        "--output_dir", tmp_path / "model", "--work_dir", tmp_path / "work", cwd=tmp_path, timeout=900,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    splits = datasets.load_from_disk(str(tmp_path / "work" / "vqa"))
+    palette = {tuple(rgb) for rgb in COLOURS.values()} | {BACKGROUND_COLOUR}
+
+    def colours(image):
+        return {tuple(rgb) for rgb in np.asarray(image.convert("RGB")).reshape(-1, 3).tolist()}
+
+    assert all(colours(image) <= palette for image in splits["test"]["image"])
+    assert not any(colours(image) <= palette for image in splits["train"]["image"])
+    caption_images = [path for path in (tmp_path / "work" / "captions" / "images").iterdir()]
+    assert caption_images and not any(colours(Image.open(path)) <= palette for path in caption_images)
