@@ -98,9 +98,11 @@ def time_onnx(folder: str, new_tokens: int, repeats: int, threads: int) -> dict:
     model = BcQLMOnnxForConditionalGeneration.from_pretrained(folder, num_threads=threads)
     model.generation_config.eos_token_id = None  # exactly `new_tokens` tokens, as with the PyTorch runs
     inputs = make_inputs(PEERS["bcqlm"], model.config)
-    result = _timings(
-        model, lambda tokens, streamer: model.generate(**inputs, max_new_tokens=tokens, streamer=streamer), new_tokens, repeats
-    )
+
+    def generate(tokens, streamer):
+        return model.generate(**inputs, max_new_tokens=tokens, streamer=streamer)
+
+    result = _timings(model, generate, new_tokens, repeats)
     return {**result, "peak_rss_bytes": max_rss_bytes()}
 
 

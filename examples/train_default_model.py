@@ -358,7 +358,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--vary_style",
         action="store_true",
-        help="Draw the training scenes and captioned images in random styles (background, shades, scale, anti-aliasing).",
+        help="Draw the training and captioned scenes in random styles (background, shades, scale, anti-aliasing).",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="A few examples and steps: a smoke test of every step.")

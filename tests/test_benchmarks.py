@@ -438,8 +438,8 @@ def test_numpy_renderer_draws_the_generators_shapes_in_other_pixels():
 def test_fine_tune_speed_times_each_phase_of_the_recipes_steps(tmp_path):
     from benchmarks.fine_tune_speed import PHASES, main
 
-    args = ["--batch_sizes", "4,8", "--steps", "2", "--warmup", "1", "--threads", "1", "--output", str(tmp_path / "r.json")]
-    results = main(args)
+    output = tmp_path / "r.json"
+    results = main(["--batch_sizes", "4,8", "--steps", "2", "--warmup", "1", "--threads", "1", "--output", str(output)])
     assert list(results["runs"]) == [4, 8]
     for batch_size, run in results["runs"].items():
         medians = run["median_s"]
@@ -447,4 +447,4 @@ def test_fine_tune_speed_times_each_phase_of_the_recipes_steps(tmp_path):
         parts = {key: value for key, value in medians.items() if key.startswith("forward: ")}
         assert {"forward: image tower", "forward: decoder"} <= set(parts) and sum(parts.values()) <= medians["forward"]
         assert run["questions_per_s"] == pytest.approx(batch_size / sum(medians[phase] for phase in PHASES), rel=0.5)
-    assert json.loads((tmp_path / "r.json").read_text())["runs"].keys() == {"4", "8"}
+    assert json.loads(output.read_text())["runs"].keys() == {"4", "8"}
