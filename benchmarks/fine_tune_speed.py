@@ -32,7 +32,7 @@ PHASES = ("rows", "collate", "forward", "backward", "optimizer")
 
 def time_steps(model, collator, dataset, batch_size: int, steps: int, warmup: int) -> list[dict[str, float]]:
     """Seconds of each phase (and of each model part within the forward) for `steps` timed training steps."""
-    parts = PartTimer(model, {name: path for name, path in PEERS["bcqlm"].parts.items()})
+    parts = PartTimer(model, PEERS["bcqlm"].parts)
     optimizer = torch.optim.AdamW([param for param in model.parameters() if param.requires_grad], lr=1e-4)
     timings = []
     for step in range(warmup + steps):

@@ -59,6 +59,7 @@ def _timings(model, generate, new_tokens: int, repeats: int) -> dict:
         if run:
             ttfts.append(first - start)
             rates.append((len(streamer.stamps) - 2) / (last - first))
+    # No "lm_head" part: on ONNX Runtime the LM head is inside the decoder's graph (on PyTorch it counts in "rest").
     timer = PartTimer(model, {name: path for name, path in PEERS["bcqlm"].parts.items() if name != "lm_head"})
     for _ in range(repeats):
         timer.reset()

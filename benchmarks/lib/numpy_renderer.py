@@ -1,8 +1,8 @@
 """
 A second renderer of the synthetic scenes, written apart from `modeling_bcqlm.data.synthetic_shapes.render_scene`:
-each shape is a signed distance field in numpy, its edge anti-aliased by the pixel's coverage, on a random light
-background with each shape's colour shaded at random. A model that answers the same on its images does not depend on
-the generator's exact pixels.
+each shape is a signed distance field in numpy, its edge anti-aliased by the pixel's coverage, in the background and
+shaded colours of the generator's `random_style`. A model that answers the same on its images does not depend on the
+generator's exact pixels.
 """
 
 import math
@@ -10,11 +10,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from modeling_bcqlm.data.synthetic_shapes import COLOURS, SQUARE_HALF_SIDE, SceneObject
-
-
-SHADE = 20  # per colour channel
-MIN_BACKGROUND = 170  # lowest background channel value
+from modeling_bcqlm.data.synthetic_shapes import SQUARE_HALF_SIDE, SceneObject, random_style
 
 
 def signed_distance(obj: SceneObject, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -30,11 +26,12 @@ def signed_distance(obj: SceneObject, x: np.ndarray, y: np.ndarray) -> np.ndarra
 
 
 def draw_scene(scene: list[SceneObject], image_size: int, rng: np.random.Generator) -> Image.Image:
-    """`scene` drawn on an `image_size` x `image_size` RGB image, pixel centres at integer coordinates."""
+    """`scene` drawn on an `image_size` x `image_size` RGB image, pixel centres at integer coordinates, always
+    anti-aliased (the style's `anti_aliased` is ignored)."""
+    style = random_style(scene, rng)
     y, x = np.mgrid[0:image_size, 0:image_size].astype(np.float64)
-    canvas = np.broadcast_to(rng.integers(MIN_BACKGROUND, 256, size=3).astype(np.float64), (image_size, image_size, 3))
-    for obj in scene:
-        fill = np.clip(np.add(COLOURS[obj.colour], rng.integers(-SHADE, SHADE + 1, size=3)), 0, 255)
+    canvas = np.broadcast_to(np.array(style.background, dtype=np.float64), (image_size, image_size, 3))
+    for obj, fill in zip(scene, np.array(style.fills, dtype=np.float64)):
         coverage = np.clip(0.5 - signed_distance(obj, x, y), 0.0, 1.0)[..., None]
         canvas = canvas * (1.0 - coverage) + fill * coverage
     return Image.fromarray(np.round(canvas).astype(np.uint8))

@@ -431,10 +431,10 @@ def _synthetic_images(num_images, seed, image_size, split, held_out_fraction, va
     if split not in SPLITS:
         raise ValueError(f"`split` must be one of {SPLITS}, got {split!r}.")
     _check_image_size(image_size)
+    scale_range = STYLE_SCALE if vary_style else None
     for index in range(num_images):
         rng = np.random.default_rng([seed, SPLITS.index(split), index])
         include_held_out = split == "test" and rng.random() < held_out_fraction
-        scale_range = STYLE_SCALE if vary_style else None
         scene = generate_scene(rng, image_size, include_held_out=include_held_out, scale_range=scale_range)
         style = None
         if vary_style:
