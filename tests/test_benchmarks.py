@@ -448,3 +448,35 @@ def test_fine_tune_speed_times_each_phase_of_the_recipes_steps(tmp_path):
         assert {"forward: image tower", "forward: decoder"} <= set(parts) and sum(parts.values()) <= medians["forward"]
         assert run["questions_per_s"] == pytest.approx(batch_size / sum(medians[phase] for phase in PHASES), rel=0.5)
     assert json.loads(output.read_text())["runs"].keys() == {"4", "8"}
+
+
+def test_tower_capacity_labels_cells_and_trains_the_tower(bcqlm_folder, tmp_path):
+    from benchmarks.tower_capacity import cell_targets, main
+    from modeling_bcqlm.data.synthetic_shapes import SceneObject
+
+    # 128 px, 4 x 4 cells of 32 px: cell 0 holds a red circle, cell 7 (row 1, column 3) a blue square, cell 15 two
+    # centres (no label), the rest nothing.
+    scene = [
+        SceneObject("circle", "red", "small", 10, 10, 8),
+        SceneObject("square", "blue", "large", 100, 40, 16),
+        SceneObject("triangle", "green", "small", 100, 100, 8),
+        SceneObject("circle", "yellow", "small", 120, 120, 8),
+    ]
+    targets = cell_targets([scene], 128)
+    expected = {"colour": {0: 0, 7: 2}, "shape": {0: 0, 7: 1}}  # COLOURS: red, green, blue, ...; SHAPES: circle, square
+    for attribute, labels in expected.items():
+        assert targets[attribute].tolist() == [[labels.get(cell, -100) for cell in range(16)]]
+
+    args = ["--model", str(bcqlm_folder), "--image_sizes", "64,96", "--train_scenes", "8", "--test_scenes", "4",
+            "--steps", "2", "--batch_size", "4", "--output", str(tmp_path / "capacity.json")]  # fmt: skip
+    results = main(args)
+    assert json.loads((tmp_path / "capacity.json").read_text()) == jsonable(results)
+    scenes = [scene for scene, _ in make_synthetic_scenes(4, 0, 128, "test", 0.0)]
+    labelled = int((cell_targets(scenes, 128)["colour"] != -100).sum())
+    for run in results["runs"].values():
+        assert len(run["losses"]) == 2 and all(np.isfinite(run["losses"]))
+        assert run["test"]["colour"]["cells"] == run["test"]["shape"]["cells"] == labelled > 0
+        for split in ("train", "test"):
+            assert all(0.0 <= run[split][name]["accuracy"] <= 1.0 for name in ("colour", "shape"))
+    # The tiny tower (stride 32) maps 64 px to 2 x 2 cells and 96 px to 3 x 3.
+    assert [results["runs"][size]["feature_map"] for size in (64, 96)] == [[2, 2], [3, 3]]
