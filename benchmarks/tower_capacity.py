@@ -2,7 +2,8 @@
 
     python -m benchmarks.tower_capacity --image_sizes 64,128 --steps 500 --output benchmarks/results/tower_capacity.json
 
-The image tower of a BcQLM folder's config (default: the bundled model's MobileViT), from a random init, is trained
+The image tower of a BcQLM folder's config (default: the bundled model's MobileViT; its body, without the final
+1x1 expansion BreezeCLIP's tower adds, a per-cell layer that sees no neighbours), from a random init, is trained
 with a linear head per attribute on the colour and shape of the object whose centre lies in each cell of the 4 x 4
 grid (the cells `benchmarks/stage_probes.py` probes; empty cells and cells holding two centres carry no label), on
 synthetic scenes drawn at 128 px (the teacher's input) and resized by the model's image processor to each
