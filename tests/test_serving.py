@@ -190,3 +190,11 @@ def bash_blocks() -> list[str]:
 
 def python_blocks() -> list[str]:
     return [block.strip() for block in re.findall(r"```python\n(.*?)```", README, re.DOTALL)]
+
+
+def test_serve_on_a_transformers_release_with_the_rewritten_server_gets_a_clear_error(monkeypatch):
+    import transformers
+
+    monkeypatch.setattr(transformers, "__version__", "5.25.0.dev0")
+    with pytest.raises(SystemExit, match=r"pip install 'bcqlm\[serve\]', which installs transformers<5.25"):
+        main(["serve"])
