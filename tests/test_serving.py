@@ -2,6 +2,7 @@
 
 import base64
 import contextlib
+import importlib
 import io
 import json
 import os
@@ -192,9 +193,14 @@ def python_blocks() -> list[str]:
     return [block.strip() for block in re.findall(r"```python\n(.*?)```", README, re.DOTALL)]
 
 
-def test_serve_on_a_transformers_release_with_the_rewritten_server_gets_a_clear_error(monkeypatch):
+def test_serving_on_a_transformers_release_with_the_rewritten_server_gets_a_clear_error(monkeypatch):
     import transformers
 
     monkeypatch.setattr(transformers, "__version__", "5.25.0.dev0")
-    with pytest.raises(SystemExit, match=r"pip install 'bcqlm\[serve\]', which installs transformers<5.25"):
+    for name in ("modeling_bcqlm.serving", "modeling_bcqlm.serving.server"):  # imported again, under 5.25
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    message = r"pip install 'bcqlm\[serve\]', which installs transformers<5.25"
+    with pytest.raises(ImportError, match=message):
+        importlib.import_module("modeling_bcqlm.serving")
+    with pytest.raises(SystemExit, match=message):
         main(["serve"])

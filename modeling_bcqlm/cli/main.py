@@ -34,9 +34,6 @@ DEFAULT_MODEL_NOTICE = (
 )
 DEVICE_PATTERN = re.compile(r"(cpu|mps|cuda|xpu)(:\d+)?")
 # Any one of them: a PyTorch checkpoint, a sharded one, or a folder written by `bcqlm export`.
-# transformers 5.25 rewrote its server (models load in a process of their own, through a new loader); `serve` runs on
-# the server of 5.23 and 5.24.
-SERVER_REWRITE_RELEASE = (5, 25)
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "front.safetensors")
 
 
@@ -225,22 +222,18 @@ def _export(args) -> None:
 
 
 def _serve(args) -> None:
-    import transformers
-    from packaging import version
     from transformers.utils.import_utils import is_serve_available
 
     if not is_serve_available():
         raise CommandError("`bcqlm serve` needs transformers' serving dependencies: pip install 'bcqlm[serve]'.")
-    if version.parse(transformers.__version__).release[:2] >= SERVER_REWRITE_RELEASE:
-        raise CommandError(
-            f"`bcqlm serve` runs on the server of transformers 5.23 and 5.24, but transformers "
-            f"{transformers.__version__} is installed (5.25 rewrote the server): pip install 'bcqlm[serve]', which "
-            "installs transformers<5.25."
-        )
     import uvicorn
 
     from .. import DEFAULT_MODEL, register_auto_classes
-    from ..serving import BcQLMModelManager, build_app
+
+    try:
+        from ..serving import BcQLMModelManager, build_app
+    except ImportError as error:  # a transformers release whose server BcQLM does not run on
+        raise CommandError(str(error)) from error
 
     if not args.trust_remote_code:  # else the folder's own code (its `auto_map`), as for any Hub model
         register_auto_classes()

@@ -9,12 +9,24 @@ config.architectures[0])`, and tells a VLM from an LLM by the class name in
 Neither sees classes registered with the Auto classes or loaded as remote code. `BcQLMModelManager` loads BcQLM configs
 (the package's classes, or the folder's own code with `trust_remote_code`) through `AutoModelForImageTextToText` and
 answers `Modality.VLM` for them; every other model is left to `transformers`' manager. Written against the server
-of transformers 5.23 and 5.24 (5.25 moves model loading into a process of its own).
+of transformers 5.23 and 5.24; importing it under 5.25 or newer, which moved model loading into a process of its own,
+raises an ImportError that says so.
 """
 
 import os
 
+import transformers
+from packaging import version
 from transformers import AutoConfig, AutoModelForImageTextToText
+
+
+# 5.25 rewrote the server: models load in an engine process of their own, through a new `ModelLoader`.
+if version.parse(transformers.__version__).release[:2] >= (5, 25):
+    raise ImportError(
+        f"BcQLM's server runs on the server of transformers 5.23 and 5.24, but transformers {transformers.__version__} "
+        "is installed (5.25 rewrote the server): pip install 'bcqlm[serve]', which installs transformers<5.25."
+    )
+
 from transformers.cli.serving.chat_completion import ChatCompletionHandler
 from transformers.cli.serving.completion import CompletionHandler
 from transformers.cli.serving.model_manager import ModelManager
