@@ -9,7 +9,8 @@
 The data file (`.jsonl`, `.csv` or `.json`) holds an image path and a caption per row. The student starts from
 `--student_name_or_path` (a BreezeCLIP folder) or is built fresh from `--student_config` (default: the paper's
 BreezeCLIP). `--patch_distillation_weight` adds the distance between each cell of the student's image features and the
-teacher's patch tokens pooled to it. The output folder holds the student (`BreezeCLIPModel`), its image processor and
+teacher's patch tokens pooled to it; `--crop_distillation_weight` the distance to the teacher's image embedding of a
+window around the cell (`--crop_window` of the image side; needs `--precompute_teacher_embeddings`). The output folder holds the student (`BreezeCLIPModel`), its image processor and
 tokenizer, the checkpoints (student only; never the teacher) and `all_results.json`. Runs under `accelerate launch` as
 well.
 """
@@ -123,6 +124,12 @@ def main(argv: list[str] | None = None) -> dict:
     teacher = AutoModel.from_pretrained(script_args.teacher_name_or_path)
     teacher_processor = AutoProcessor.from_pretrained(script_args.teacher_name_or_path)
     distil_patches = training_args.patch_distillation_weight > 0
+    distil_crops = training_args.crop_distillation_weight > 0
+    if distil_crops and not script_args.precompute_teacher_embeddings:
+        raise ValueError(
+            "--crop_distillation_weight needs --precompute_teacher_embeddings: the teacher embeds a window around "
+            "every cell of every image once, before training."
+        )
     teacher_patch_dim = teacher.config.vision_config.hidden_size if distil_patches else None
     model, image_processor, tokenizer = load_student(script_args, teacher.config.projection_dim, teacher_patch_dim)
 
@@ -156,6 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
                     batch_size=training_args.per_device_eval_batch_size,
                     cache_dir=cache_dir,
                     patch_grid=patch_grid(model) if distil_patches else None,
+                    crop_grid=patch_grid(model) if distil_crops else None,
+                    crop_window=training_args.crop_window,
                 )
                 if dataset is not None
                 else None

@@ -11,6 +11,9 @@
    image and text embeddings and, cell by cell, the teacher's patch tokens, which teach the image tower what each
    cell holds (pooled embeddings alone, or with the student's own contrastive and affinity losses, leave the cells
    blind to colour). The student sees 64 px images (output stride 16: the same 4 x 4 map at a third of the cost).
+   With `--region_distillation` the teacher also learns each shape's own caption from a window around it
+   (`make_synthetic_region_captions`), and stage 1 distils its embedding of the window around each cell too (crop
+   distillation): what a CLIP teacher learns of shape sits in its pooled embedding, not in its patch tokens.
 5. The decoder (a small `LlamaForCausalLM`) learns the language of the prompts and answers as a causal LM on the
    training questions and answers (text only).
 6. `conversion/compose_bcqlm.py` assembles BcQLM from the two; stage 2 (`examples/train_vqa.py`) trains it on the VQA
@@ -53,7 +56,11 @@ from transformers import (
 
 import modeling_bcqlm
 from modeling_bcqlm import BcQLMForConditionalGeneration, BcQLMProcessor, BreezeCLIPConfig
-from modeling_bcqlm.data.synthetic_shapes import make_synthetic_captions, make_synthetic_vqa
+from modeling_bcqlm.data.synthetic_shapes import (
+    make_synthetic_captions,
+    make_synthetic_region_captions,
+    make_synthetic_vqa,
+)
 from modeling_bcqlm.data.tokenizers import (
     EOS,
     train_clip_tokenizer,
@@ -71,6 +78,9 @@ PROMPT = "Question: {question}\nAnswer: {answer}"
 IMAGE_SIZE = 128
 STUDENT_IMAGE_SIZE = 64
 PROJECTION_DIM = 64
+# Side of the windows of `--region_distillation`, as a fraction of the image: two cells of the student's 4 x 4 grid, so
+# that a window centred on a cell holds a large shape whose centre lies anywhere in it.
+CROP_WINDOW = 0.5
 STUDENT_CONFIG = {
     "vision_config": {
         "model_type": "mobilevit",
@@ -220,8 +230,18 @@ def make_data(args, work: Path) -> tuple[datasets.DatasetDict, datasets.Dataset,
     return splits, captions, write_caption_file(captions, work / "captions")
 
 
+def teacher_captions(args, captions: datasets.Dataset) -> datasets.Dataset:
+    """The teacher's image-caption pairs: the scenes' captions and, with `--region_distillation`, its shapes' own."""
+    if not args.region_distillation:
+        return captions
+    regions = make_synthetic_region_captions(
+        args.caption_images, args.seed, IMAGE_SIZE, "train", window=CROP_WINDOW, vary_style=args.vary_style
+    )
+    return datasets.concatenate_datasets([captions, regions])
+
+
 def train_teacher(args, work: Path, captions: datasets.Dataset, tokenizer: CLIPTokenizer) -> None:
-    """A small CLIP teacher trained contrastively on the captions, saved under `work/teacher`."""
+    """A small CLIP teacher trained contrastively on `captions`, saved under `work/teacher`."""
     processor = CLIPProcessor(
         image_processor=CLIPImageProcessorPil(
             size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
@@ -262,6 +282,8 @@ def distill_breezeclip(args, work: Path, caption_file: Path, question_tokenizer:
         "--precompute_teacher_embeddings",
         "--contrastive_weight", "0",
         "--patch_distillation_weight", "1.0",
+        "--crop_distillation_weight", "1.0" if args.region_distillation else "0",
+        "--crop_window", CROP_WINDOW,
         "--num_train_epochs", args.distillation_epochs,
         "--per_device_train_batch_size", "64",
         "--learning_rate", "2e-3",
@@ -348,7 +370,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--caption_images", type=int, default=2000, help="Images of the teacher's and stage 1's captions.")
     parser.add_argument("--test_images", type=int, default=400)
     parser.add_argument("--questions_per_image", type=int, default=5)
-    parser.add_argument("--teacher_epochs", type=float, default=4)
+    parser.add_argument(
+        "--teacher_epochs", type=float, help="Epochs over the teacher's captions (default 4; 8 with --region_distillation)."
+    )
     parser.add_argument("--distillation_epochs", type=float, default=8)
     parser.add_argument("--decoder_epochs", type=float, default=0.25)
     parser.add_argument("--vqa_epochs", type=float, default=3)
@@ -360,9 +384,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="Draw the training and captioned scenes in random styles (background, shades, scale, anti-aliasing).",
     )
+    parser.add_argument(
+        "--region_distillation",
+        action="store_true",
+        help="Train the teacher on each shape's own caption too, and distil its embedding of a window around each cell.",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="A few examples and steps: a smoke test of every step.")
     args = parser.parse_args(argv)
+    if args.teacher_epochs is None:
+        args.teacher_epochs = 8 if args.region_distillation else 4
     if args.quick:
         args.train_images, args.caption_images, args.test_images, args.questions_per_image = 16, 16, 6, 3
         args.teacher_epochs = args.distillation_epochs = args.decoder_epochs = args.vqa_epochs = 1
@@ -382,7 +413,8 @@ def main(argv: list[str] | None = None) -> dict:
     caption_texts = list(captions["caption"])
     decoder_tokenizer = train_decoder_tokenizer(qa_texts + caption_texts, vocab_size=512, model_max_length=IMAGE_SIZE)
     question_tokenizer = word_level_question_tokenizer(list(train["question"]))
-    train_teacher(args, work, captions, train_clip_tokenizer(caption_texts))
+    teacher_data = teacher_captions(args, captions)
+    train_teacher(args, work, teacher_data, train_clip_tokenizer(list(teacher_data["caption"])))
     log("teacher trained", start)
     distill_breezeclip(args, work, caption_file, question_tokenizer)
     log("BreezeCLIP distilled", start)

@@ -81,3 +81,27 @@ def test_vary_style_draws_the_training_scenes_in_other_styles_and_keeps_the_test
     assert not any(colours(image) <= palette for image in splits["train"]["image"])
     caption_images = [path for path in (tmp_path / "work" / "captions" / "images").iterdir()]
     assert caption_images and not any(colours(Image.open(path)) <= palette for path in caption_images)
+
+
+def test_region_distillation_distils_the_teachers_embedding_of_each_cells_window(tmp_path):
+    import datasets
+    import torch
+    from transformers import CLIPModel, CLIPProcessor
+
+    from modeling_bcqlm.data.images import cell_windows
+
+    completed = run_python(
+        REPO / "examples" / "train_default_model.py", "--quick", "--region_distillation",
+        "--output_dir", tmp_path / "model", "--work_dir", tmp_path / "work", cwd=tmp_path, timeout=900,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    work = tmp_path / "work"
+    cache = next((work / "breezeclip" / "teacher_embeddings").glob("*.arrow"))
+    row = datasets.Dataset.from_file(str(cache))[0]
+    teacher, teacher_processor = CLIPModel.from_pretrained(work / "teacher"), CLIPProcessor.from_pretrained(work / "teacher")
+    windows = cell_windows(Image.open(work / "captions" / "images" / "0.png").convert("RGB"), 4, 0.5)
+    with torch.no_grad():
+        pixel_values = teacher_processor(images=windows, return_tensors="pt")["pixel_values"]
+        expected = teacher.get_image_features(pixel_values=pixel_values).pooler_output
+    torch.testing.assert_close(torch.tensor(row["teacher_crop_embeds"]), expected, rtol=1e-4, atol=1e-5)
+    assert isinstance(AutoModel.from_pretrained(tmp_path / "model"), BcQLMForConditionalGeneration)

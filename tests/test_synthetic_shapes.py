@@ -32,6 +32,8 @@ from modeling_bcqlm.data.synthetic_shapes import (
     generate_questions,
     generate_scene,
     make_synthetic_captions,
+    make_synthetic_region_captions,
+    make_synthetic_scenes,
     make_synthetic_splits,
     make_synthetic_vqa,
     render_scene,
@@ -328,6 +330,24 @@ def test_captions_name_objects_left_to_right(train_dataset):
         assert named == [(obj["size"], obj["colour"], obj["shape"]) for obj in drawn], caption
     openings = {caption[: phrase.search(caption).start()] for caption in captions["caption"]}
     assert len({re.sub(r"^\w+ shapes?:", "number:", opening) for opening in openings}) >= 3, openings
+
+
+def test_region_captions_name_the_shape_their_window_is_centred_on():
+    scenes = [scene for scene, _ in make_synthetic_scenes(12, seed=7)]
+    objects = [obj for scene in scenes for obj in scene]
+    # Windows as wide as the image, not moved: each holds its shape whole, at the centre.
+    regions = make_synthetic_region_captions(12, seed=7, window=1.0, jitter=0.0)
+    assert regions["caption"] == [f"a {obj.size} {obj.colour} {obj.shape}" for obj in objects]
+    for image, obj in zip(regions["image"], objects):
+        assert image.size == (96, 96)
+        centred = [read for read in read_objects(image) if abs(read["x"] - 47.5) < 2 and abs(read["y"] - 47.5) < 2]
+        assert [(read["size"], read["colour"], read["shape"]) for read in centred] == [(obj.size, obj.colour, obj.shape)]
+    # The default windows (half the image, moved by up to an eighth of it) each show some of their shape.
+    regions = make_synthetic_region_captions(12, seed=7)
+    assert len(regions) == len(objects)
+    for image, obj in zip(regions["image"], objects):
+        assert image.size == (48, 48)
+        assert (np.asarray(image.convert("RGB")) == COLOURS[obj.colour]).all(axis=-1).sum() > 10
 
 
 def test_make_synthetic_splits_and_image_size():

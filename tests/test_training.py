@@ -4,14 +4,17 @@ import math
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from modeling_bcqlm import BreezeCLIPModel
+from modeling_bcqlm.data.images import cell_windows, crop_window
 from modeling_bcqlm.testing.tiny_models import (
     make_breezeclip_processing,
     make_tiny_clip_teacher,
@@ -25,6 +28,7 @@ from modeling_bcqlm.training import (
     BreezeCLIPForDistillation,
     add_decoder_lora,
     affinity_distillation_loss,
+    crop_distillation_loss,
     feature_distillation_loss,
     freeze_for_stage2,
     patch_distillation_loss,
@@ -595,3 +599,68 @@ def test_precomputed_patch_tokens_train_like_the_online_teacher(tmp_path, teache
     trainer = BreezeCLIPDistillationTrainer(model=make_patch_student(), args=distillation_args(tmp_path, **args))
     with pytest.raises(ValueError, match="patch_grid"):
         trainer.compute_loss(trainer.model, offline_collator([without[index] for index in range(2)]))
+
+
+def test_crop_window_pads_with_the_border_colour_and_cell_windows_tile_the_image():
+    pixels = np.full((16, 16, 3), 100, dtype=np.uint8)
+    pixels[0:2, 0:2] = (255, 0, 0)  # a red block in the top-left corner
+    image = Image.fromarray(pixels)
+    window = np.asarray(crop_window(image, (1, 1), 6))  # columns and rows -2..3: two of each outside the image
+    assert window.shape == (6, 6, 3)
+    assert (window[2:4, 2:4] == (255, 0, 0)).all()
+    assert (window[:2] == 100).all() and (window[:, :2] == 100).all() and (window[4:, 4:] == 100).all()
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    windows = cell_windows(image, 2, 0.5)  # 2 x 2 cells of 4 px, windows of 4 px: the cells themselves
+    quadrants = [(0, 0, 4, 4), (4, 0, 8, 4), (0, 4, 4, 8), (4, 4, 8, 8)]
+    for window, box in zip(windows, quadrants):
+        assert np.array_equal(np.asarray(window), np.asarray(image.crop(box)))
+
+
+def test_crop_distillation_loss_by_hand():
+    teacher = torch.tensor([[[1.0, 2.0]], [[5.0, 2.0]]])  # two images of one cell, two dimensions
+    std = torch.tensor([1.0, 5.0]).std()
+    target = torch.tensor([[[-2.0 / std, 0.0]], [[2.0 / std, 0.0]]])
+    assert crop_distillation_loss(torch.zeros(2, 1, 2), teacher).item() == pytest.approx(target.square().mean().item())
+    assert crop_distillation_loss(target, teacher).item() == pytest.approx(0.0, abs=1e-8)
+    with pytest.raises(ValueError, match="crop_grid"):
+        crop_distillation_loss(torch.zeros(2, 4, 2), teacher)
+
+
+def test_precomputed_window_embeddings_are_the_teachers_and_train_the_cells(
+    tmp_path, teacher_and_processor, student_collator
+):
+    teacher, teacher_processor = teacher_and_processor
+    dataset = make_caption_dataset()
+    student = make_student(teacher_projection_dim=20)
+    inputs = {key: value for key, value in student_collator([dataset[0]]).items() if "teacher" not in key}
+    with torch.no_grad():
+        cells = student.eval()(**inputs).crop_distillation_embeds
+    grid = math.isqrt(cells.shape[1])
+    assert cells.shape == (1, grid * grid, 20)
+    precomputed = precompute_teacher_embeddings(
+        dataset, teacher, teacher_processor, batch_size=3, crop_grid=grid, crop_window=0.5
+    )
+    crops = torch.tensor(precomputed["teacher_crop_embeds"])
+    assert crops.shape == (len(dataset), grid * grid, 20)
+    image = dataset[5]["image"].convert("RGB")
+    windows = teacher_processor(images=cell_windows(image, grid, 0.5), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        expected = teacher.get_image_features(pixel_values=windows).pooler_output
+    torch.testing.assert_close(crops[5], expected, rtol=1e-4, atol=1e-5)
+
+    image_processor, tokenizer = make_breezeclip_processing()
+    collator = BreezeCLIPDistillationCollator(image_processor, tokenizer)
+    args = distillation_args(
+        tmp_path, contrastive_weight=0.0, feature_distillation_weight=0.0, crop_distillation_weight=1.0, max_steps=8
+    )
+    trainer = BreezeCLIPDistillationTrainer(
+        model=student.train(), args=args, train_dataset=precomputed, data_collator=collator
+    )
+    trainer.train()
+    losses = [entry["crop_distillation_loss"] for entry in trainer.state.log_history if "crop_distillation_loss" in entry]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    without = precompute_teacher_embeddings(dataset, teacher, teacher_processor, batch_size=3)
+    with pytest.raises(ValueError, match="crop_grid"):
+        trainer.compute_loss(trainer.model, collator([without[index] for index in range(2)]))

@@ -6,6 +6,7 @@ import shutil
 import socket
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -125,6 +126,33 @@ def test_distill_breezeclip_script_with_patch_distillation(tmp_path, data):
     checkpoint = load_file(tmp_path / "breezeclip" / "checkpoint-2" / "model.safetensors")
     assert any(name.startswith("patch_distillation_projection.") for name in checkpoint)
     assert isinstance(AutoModel.from_pretrained(tmp_path / "breezeclip"), BreezeCLIPModel)
+
+def test_distill_breezeclip_script_with_crop_distillation(tmp_path, data):
+    save_distillation_parts(tmp_path)
+    args = [
+        "--teacher_name_or_path", str(tmp_path / "teacher"),
+        "--student_config", str(tmp_path / "student.json"),
+        "--student_tokenizer", str(tmp_path / "student_tokenizer"),
+        "--train_file", str(data / "captions.jsonl"),
+        "--output_dir", str(tmp_path / "breezeclip"),
+        "--per_device_train_batch_size", "4",
+        "--save_strategy", "no",
+        "--contrastive_weight", "0",
+        "--crop_distillation_weight", "1.0",
+        "--crop_window", "0.75",
+        "--max_steps", "2",
+        *COMMON,
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="--precompute_teacher_embeddings"):
+        distill_breezeclip.main(args)
+    results = distill_breezeclip.main([*args, "--precompute_teacher_embeddings"])
+    assert results["train_loss"] > 0
+    state = json.loads((tmp_path / "breezeclip" / "trainer_state.json").read_text())
+    assert all(entry["crop_distillation_loss"] > 0 for entry in state["log_history"] if "loss" in entry)
+    cached = datasets.Dataset.from_file(str(next((tmp_path / "breezeclip" / "teacher_embeddings").glob("*.arrow"))))
+    grid = round(len(cached[0]["teacher_crop_embeds"]) ** 0.5)
+    assert grid > 1 and len(cached[0]["teacher_crop_embeds"]) == grid * grid
+
 
 def test_train_and_evaluate_vqa_scripts(tmp_path, data, bcqlm_folder):
     output_dir = tmp_path / "vqa"

@@ -1,5 +1,9 @@
-"""Images for the training collators, read and converted as BcQLM's image processor reads and converts them."""
+"""Images for the training collators, read and converted as BcQLM's image processor reads and converts them, and the
+windows of an image that stage 1's crop distillation shows the teacher.
+"""
 
+import numpy as np
+from PIL import Image
 from transformers.image_transforms import convert_to_rgb
 
 from ..image_processing_bcqlm import BcQLMImageProcessor, to_8bit
@@ -11,3 +15,32 @@ def to_rgb_images(images: list) -> list:
     composited onto white (where `image.convert("RGB")` would clip and blacken them).
     """
     return [convert_to_rgb(to_8bit(image)) for image in BcQLMImageProcessor().fetch_images(list(images))]
+
+
+def crop_window(image, centre: tuple[float, float], side: int):
+    """
+    The `side` x `side` square of an RGB PIL image centred on `centre` (x, y, in pixels); the part outside the image is
+    filled with the median colour of the image's border (the background, in scenes on a plain one).
+    """
+    pixels = np.asarray(image.convert("RGB"))
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    window = Image.new("RGB", (side, side), tuple(int(value) for value in np.median(border, axis=0)))
+    left, top = round(centre[0] - side / 2), round(centre[1] - side / 2)
+    inside = (max(left, 0), max(top, 0), min(left + side, image.width), min(top + side, image.height))
+    if inside[0] < inside[2] and inside[1] < inside[3]:
+        window.paste(image.convert("RGB").crop(inside), (inside[0] - left, inside[1] - top))
+    return window
+
+
+def cell_windows(image, grid: int, window: float) -> list:
+    """
+    One [`crop_window`] per cell of a `grid` x `grid` partition of the image, in row-major order, centred on the cell,
+    `window` times the image's shorter side wide.
+    """
+    side = max(1, round(window * min(image.size)))
+    cell_width, cell_height = image.width / grid, image.height / grid
+    return [
+        crop_window(image, ((column + 0.5) * cell_width, (row + 0.5) * cell_height), side)
+        for row in range(grid)
+        for column in range(grid)
+    ]

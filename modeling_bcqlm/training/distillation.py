@@ -19,7 +19,7 @@ from transformers.modeling_outputs import ModelOutput
 from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 
 from ..configuration_bcqlm import BreezeCLIPConfig
-from ..data.images import to_rgb_images
+from ..data.images import cell_windows, to_rgb_images
 from ..modeling_bcqlm import BreezeCLIPModel, BreezeCLIPPreTrainedModel
 
 
@@ -44,6 +44,9 @@ class BreezeCLIPDistillationOutput(ModelOutput):
         patch_distillation_embeds (`torch.FloatTensor` of shape `(batch_size, num_patches, teacher_patch_dim)`):
             The student's projected patch features (one per cell of its image tower's last feature map) mapped to the
             width of the teacher's patch tokens; only for a student built with `teacher_patch_dim`.
+        crop_distillation_embeds (`torch.FloatTensor` of shape `(batch_size, num_patches, teacher_projection_dim)`):
+            The student's projected patch features in the teacher's embedding space (through the image distillation
+            projection when the sizes differ), for the crop distillation loss.
     """
 
     logits_per_image: torch.FloatTensor | None = None
@@ -52,6 +55,7 @@ class BreezeCLIPDistillationOutput(ModelOutput):
     image_distillation_embeds: torch.FloatTensor | None = None
     text_distillation_embeds: torch.FloatTensor | None = None
     patch_distillation_embeds: torch.FloatTensor | None = None
+    crop_distillation_embeds: torch.FloatTensor | None = None
 
 
 class BreezeCLIPForDistillation(BreezeCLIPPreTrainedModel):
@@ -111,10 +115,13 @@ class BreezeCLIPForDistillation(BreezeCLIPPreTrainedModel):
             )
         else:
             image_distillation_embeds, text_distillation_embeds = image_embeds, text_embeds
+        patch_features = outputs.vision_model_output.last_hidden_state
         patch_distillation_embeds = None
         if self.patch_distillation_projection is not None:
-            patch_features = outputs.vision_model_output.last_hidden_state
             patch_distillation_embeds = self.patch_distillation_projection(patch_features)
+        crop_distillation_embeds = patch_features
+        if self.image_distillation_projection is not None:
+            crop_distillation_embeds = self.image_distillation_projection(patch_features)
         return BreezeCLIPDistillationOutput(
             logits_per_image=outputs.logits_per_image,
             image_embeds=image_embeds,
@@ -122,6 +129,7 @@ class BreezeCLIPForDistillation(BreezeCLIPPreTrainedModel):
             image_distillation_embeds=image_distillation_embeds,
             text_distillation_embeds=text_distillation_embeds,
             patch_distillation_embeds=patch_distillation_embeds,
+            crop_distillation_embeds=crop_distillation_embeds,
         )
 
 
@@ -160,9 +168,29 @@ def patch_distillation_loss(
     cells apart (a shape's colour, on the synthetic scenes), and which a per-token normalised distance learns last.
     """
     grid = math.isqrt(student_patches.shape[1])
-    teacher_patches = pool_patch_tokens(teacher_patches.to(student_patches.dtype), grid)
-    cells = teacher_patches.flatten(0, 1)
-    return F.mse_loss(student_patches, (teacher_patches - cells.mean(0)) / (cells.std(0) + eps))
+    return _standardised_mse(student_patches, pool_patch_tokens(teacher_patches.to(student_patches.dtype), grid), eps)
+
+
+def crop_distillation_loss(student_cells: torch.Tensor, teacher_crops: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """
+    Mean squared error between the student's projected patch features `(batch_size, num_patches, dim)` and the
+    teacher's image embeddings of the window around each cell `(batch_size, num_patches, dim)` (from
+    [`precompute_teacher_embeddings`] with `crop_grid`), standardised per dimension over the batch's cells as in
+    [`patch_distillation_loss`]. A CLIP teacher keeps what it knows of an object (its shape, say) in its pooled
+    embedding rather than in its patch tokens; the pooled embedding of a window around each cell puts it cell by cell.
+    """
+    if student_cells.shape != teacher_crops.shape:
+        raise ValueError(
+            f"The teacher's window embeddings have shape {tuple(teacher_crops.shape)} and the student's cells "
+            f"{tuple(student_cells.shape)}: precompute them with `crop_grid` set to the student's grid side."
+        )
+    return _standardised_mse(student_cells, teacher_crops.to(student_cells.dtype), eps)
+
+
+def _standardised_mse(student: torch.Tensor, teacher: torch.Tensor, eps: float) -> torch.Tensor:
+    """MSE between `student` and `teacher` `(batch_size, cells, dim)`, the teacher's standardised per dimension."""
+    cells = teacher.flatten(0, 1)
+    return F.mse_loss(student, (teacher - cells.mean(0)) / (cells.std(0) + eps))
 
 
 def affinity_distillation_loss(
@@ -219,6 +247,16 @@ class BreezeCLIPDistillationArguments(TrainingArguments):
             "pooled to the student's grid: what teaches each cell of the image tower its own content (colour, shape)."
         },
     )
+    crop_distillation_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the distance between the student's patch features and the teacher's image embeddings "
+            "of a window around each cell (precomputed): what the teacher knows of each object, cell by cell."
+        },
+    )
+    crop_window: float = field(
+        default=0.5, metadata={"help": "Side of the crop distillation's windows, as a fraction of the image side."}
+    )
     # The collator reads the raw image and caption columns.
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep the raw columns: the collator makes the student's and teacher's inputs."}
@@ -233,6 +271,8 @@ class BreezeCLIPDistillationArguments(TrainingArguments):
             )
         if self.affinity_temperature <= 0:
             raise ValueError(f"`affinity_temperature` must be positive, got {self.affinity_temperature}.")
+        if not 0 < self.crop_window <= 1:
+            raise ValueError(f"`crop_window` is a fraction of the image side, in (0, 1]; got {self.crop_window}.")
 
 
 class BreezeCLIPDistillationTrainer(Trainer):
@@ -240,12 +280,14 @@ class BreezeCLIPDistillationTrainer(Trainer):
     Distils a [`BreezeCLIPForDistillation`] student from a frozen `CLIPModel` teacher:
 
         loss = alpha * InfoNCE(student) + beta * (D(image) + D(text)) + gamma * affinity KL + delta * P(patches)
+               + epsilon * C(cells)
 
     with D the feature distance of `args.feature_distillation_loss` between the student's and the teacher's normalised
-    embeddings and P the [`patch_distillation_loss`] (`args.patch_distillation_weight`; the student needs
-    `teacher_patch_dim`). Each batch carries the teacher's inputs (`teacher_pixel_values`, `teacher_input_ids`,
-    `teacher_attention_mask`, from [`BreezeCLIPDistillationCollator`]) or its precomputed embeddings
-    (`teacher_image_embeds`, `teacher_text_embeds` and, for P, `teacher_patch_embeds`, from
+    embeddings, P the [`patch_distillation_loss`] (`args.patch_distillation_weight`; the student needs
+    `teacher_patch_dim`) and C the [`crop_distillation_loss`] (`args.crop_distillation_weight`). Each batch carries the
+    teacher's inputs (`teacher_pixel_values`, `teacher_input_ids`, `teacher_attention_mask`, from
+    [`BreezeCLIPDistillationCollator`]) or its precomputed embeddings (`teacher_image_embeds`, `teacher_text_embeds`,
+    for P `teacher_patch_embeds` and for C `teacher_crop_embeds`, which only precomputation gives, from
     [`precompute_teacher_embeddings`]); with the latter no teacher is needed. The teacher stays on the trainer, not in
     the model, so checkpoints never hold it. The loss terms are logged beside the loss.
 
@@ -270,9 +312,28 @@ class BreezeCLIPDistillationTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         teacher_inputs = {key: inputs.pop(key) for key in list(inputs) if key.startswith("teacher_")}
-        teacher_image_embeds, teacher_text_embeds, teacher_patch_embeds = self._teacher_embeddings(teacher_inputs)
         outputs = model(**inputs)
+        loss_terms = self._loss_terms(outputs, teacher_inputs)
+        args = self.args
+        weights = {
+            "contrastive_loss": args.contrastive_weight,
+            "feature_distillation_loss": args.feature_distillation_weight,
+            "affinity_distillation_loss": args.affinity_distillation_weight,
+            "patch_distillation_loss": args.patch_distillation_weight,
+            "crop_distillation_loss": args.crop_distillation_weight,
+        }
+        if not loss_terms:
+            raise ValueError("Every loss weight is zero: set a contrastive, feature, affinity, patch or crop weight.")
+        loss = sum(weights[name] * value for name, value in loss_terms.items())
 
+        if model.training:
+            for name, value in loss_terms.items():
+                self._logged_loss_terms[name].append(value.detach())
+        return (loss, outputs) if return_outputs else loss
+
+    def _loss_terms(self, outputs: BreezeCLIPDistillationOutput, teacher_inputs: dict) -> dict[str, torch.Tensor]:
+        """The unweighted loss terms whose weights are not zero, by name."""
+        teacher_image_embeds, teacher_text_embeds, teacher_patch_embeds = self._teacher_embeddings(teacher_inputs)
         args = self.args
         loss_terms = {}
         if args.contrastive_weight:
@@ -302,20 +363,17 @@ class BreezeCLIPDistillationTrainer(Trainer):
             loss_terms["patch_distillation_loss"] = patch_distillation_loss(
                 outputs.patch_distillation_embeds, teacher_patch_embeds
             )
-        weights = {
-            "contrastive_loss": args.contrastive_weight,
-            "feature_distillation_loss": args.feature_distillation_weight,
-            "affinity_distillation_loss": args.affinity_distillation_weight,
-            "patch_distillation_loss": args.patch_distillation_weight,
-        }
-        if not loss_terms:
-            raise ValueError("Every loss weight is zero: set a contrastive, feature, affinity or patch weight.")
-        loss = sum(weights[name] * value for name, value in loss_terms.items())
-
-        if model.training:
-            for name, value in loss_terms.items():
-                self._logged_loss_terms[name].append(value.detach())
-        return (loss, outputs) if return_outputs else loss
+        if args.crop_distillation_weight:
+            if "teacher_crop_embeds" not in teacher_inputs:
+                raise ValueError(
+                    "Crop distillation needs the teacher's embeddings of each cell's window: precompute them with "
+                    "`precompute_teacher_embeddings(..., crop_grid=<the student's grid side>)` (examples/"
+                    "distill_breezeclip.py does so with --precompute_teacher_embeddings)."
+                )
+            loss_terms["crop_distillation_loss"] = crop_distillation_loss(
+                outputs.crop_distillation_embeds, teacher_inputs["teacher_crop_embeds"].float()
+            )
+        return loss_terms
 
     @torch.no_grad()
     def _teacher_embeddings(self, teacher_inputs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -426,7 +484,7 @@ class BreezeCLIPDistillationCollator:
             "attention_mask": text["attention_mask"],
         }
         if "teacher_image_embeds" in rows[0]:
-            for key in ("teacher_image_embeds", "teacher_text_embeds", "teacher_patch_embeds"):
+            for key in ("teacher_image_embeds", "teacher_text_embeds", "teacher_patch_embeds", "teacher_crop_embeds"):
                 if key in rows[0]:
                     batch[key] = torch.tensor(np.array([row[key] for row in rows]), dtype=torch.float32)
         elif self.teacher_processor is not None:
@@ -442,6 +500,15 @@ class BreezeCLIPDistillationCollator:
                 "teacher's processor, or run `precompute_teacher_embeddings` on the dataset first."
             )
         return batch
+
+
+@torch.no_grad()
+def _window_embeddings(teacher, teacher_processor, images: list, grid: int, window: float) -> np.ndarray:
+    """The teacher's projected image embeddings of each image's `cell_windows`: `(num_images, grid * grid, dim)`."""
+    windows = [crop for image in images for crop in cell_windows(image, grid, window)]
+    pixel_values = teacher_processor(images=windows, return_tensors="pt")["pixel_values"].to(teacher.device)
+    embeds = teacher.get_image_features(pixel_values=pixel_values.to(teacher.dtype)).pooler_output
+    return embeds.float().view(len(images), grid * grid, -1).cpu().numpy()
 
 
 def _teacher_fingerprint(teacher, teacher_processor, image_column, text_column) -> str:
@@ -465,13 +532,18 @@ def precompute_teacher_embeddings(
     batch_size: int = 64,
     cache_dir: str | None = None,
     patch_grid: int | None = None,
+    crop_grid: int | None = None,
+    crop_window: float = 0.5,
 ):
     """
     Run the teacher once over a `datasets.Dataset` and add its projected embeddings as the columns
     `teacher_image_embeds` and `teacher_text_embeds` (lists of floats, `teacher_dim` long), so that distillation does
     not run the teacher at every step. With `patch_grid` (the student's grid side), the teacher's patch tokens
     average-pooled to `patch_grid` x `patch_grid` cells are added too, as `teacher_patch_embeds` (`patch_grid ** 2`
-    lists of `teacher_patch_dim` floats), for the patch distillation loss. The result is cached by `datasets` (in
+    lists of `teacher_patch_dim` floats), for the patch distillation loss. With `crop_grid`, the teacher's projected
+    image embedding of a window around each cell of a `crop_grid` x `crop_grid` grid (`crop_window` times the image's
+    side; `modeling_bcqlm.data.images.cell_windows`) is added as `teacher_crop_embeds` (`crop_grid ** 2` lists of
+    `teacher_dim` floats), for the crop distillation loss. The result is cached by `datasets` (in
     the dataset's cache folder when it was loaded from files, or in `cache_dir`), keyed by the dataset and by a hash
     of the teacher's weights, configuration and processor: a second call with the same teacher and data loads it
     instead of recomputing. Pass `cache_dir` to cache an in-memory dataset's embeddings (the file name holds that
@@ -479,13 +551,14 @@ def precompute_teacher_embeddings(
     """
     fingerprint = hashlib.sha256(
         f"{dataset._fingerprint}|{_teacher_fingerprint(teacher, teacher_processor, image_column, text_column)}|"
-        f"{patch_grid}".encode()
+        f"{patch_grid}|{crop_grid}|{crop_window}".encode()
     ).hexdigest()[:16]
     teacher = teacher.eval()
 
     def embed(batch):
+        images = to_rgb_images(batch[image_column])
         inputs = teacher_processor(
-            images=to_rgb_images(batch[image_column]),
+            images=images,
             text=batch[text_column],
             padding=True,
             truncation=True,
@@ -501,6 +574,8 @@ def precompute_teacher_embeddings(
         }
         if patch_grid:
             embeddings["teacher_patch_embeds"] = pool_patch_tokens(patch_embeds.float(), patch_grid).cpu().numpy()
+        if crop_grid:
+            embeddings["teacher_crop_embeds"] = _window_embeddings(teacher, teacher_processor, images, crop_grid, crop_window)
         return embeddings
 
     return dataset.map(
@@ -520,6 +595,7 @@ __all__ = [
     "BreezeCLIPDistillationTrainer",
     "BreezeCLIPForDistillation",
     "affinity_distillation_loss",
+    "crop_distillation_loss",
     "feature_distillation_loss",
     "patch_distillation_loss",
     "pool_patch_tokens",
