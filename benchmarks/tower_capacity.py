@@ -2,9 +2,9 @@
 
     python -m benchmarks.tower_capacity --image_sizes 64,128 --steps 500 --output benchmarks/results/tower_capacity.json
 
-The image tower of a BcQLM folder's config (default: the bundled model's MobileViT; its body, without the final
-1x1 expansion BreezeCLIP's tower adds, a per-cell layer that sees no neighbours), from a random init, is trained
-with a linear head per attribute on the colour and shape of the object whose centre lies in each cell of the 4 x 4
+The image tower of a BcQLM folder's config (default: the bundled model's MobileViT), built and initialised as
+`BreezeCLIPModel` builds it for stage 1 (MobileViT's own init draws the batch-norm scales from N(0, 0.02), and a
+tower so built learns several times slower), is trained with a linear head per attribute on the colour and shape of the object whose centre lies in each cell of the 4 x 4
 grid (the cells `benchmarks/stage_probes.py` probes; empty cells and cells holding two centres carry no label), on
 synthetic scenes drawn at 128 px (the teacher's input) and resized by the model's image processor to each
 `--image_sizes` size. A tower map finer than the grid is average-pooled to it, as stage 1 pools the teacher's patch
@@ -21,12 +21,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import MobileViTModel
-
 from benchmarks.lib.report import write_json
 from benchmarks.lib.system import machine_info
 from benchmarks.stage_probes import NONE, cell_labels
-from modeling_bcqlm import DEFAULT_MODEL, BcQLMConfig, BcQLMImageProcessor
+from modeling_bcqlm import DEFAULT_MODEL, BcQLMConfig, BcQLMImageProcessor, BreezeCLIPModel
 from modeling_bcqlm.data.synthetic_shapes import COLOURS, SHAPES, make_synthetic_scenes, render_scene
 
 
@@ -48,12 +46,12 @@ def cell_targets(scenes: list, image_size: int) -> dict[str, torch.Tensor]:
 
 
 class CellClassifier(torch.nn.Module):
-    """The image tower with a linear head per attribute on each cell of `GRID`: logits `(batch, cells, classes)`."""
+    """BreezeCLIP's image tower with a linear head per attribute on each cell of `GRID`: logits `(batch, cells, classes)`."""
 
-    def __init__(self, vision_config):
+    def __init__(self, breezeclip_config):
         super().__init__()
-        self.tower = MobileViTModel(vision_config, expand_output=False)
-        channels = vision_config.neck_hidden_sizes[-2]
+        self.tower = BreezeCLIPModel(breezeclip_config).vision_model
+        channels = breezeclip_config.vision_config.neck_hidden_sizes[-1]
         self.heads = torch.nn.ModuleDict({name: torch.nn.Linear(channels, len(c)) for name, c in CLASSES.items()})
 
     def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -76,10 +74,10 @@ def accuracy(model: CellClassifier, pixel_values: torch.Tensor, targets: dict[st
     return results
 
 
-def train_and_score(vision_config, train: tuple, test: tuple, args) -> dict:
+def train_and_score(breezeclip_config, train: tuple, test: tuple, args) -> dict:
     """Train a `CellClassifier` for `args.steps` steps; its accuracies, losses and seconds."""
     torch.manual_seed(args.seed)
-    model = CellClassifier(vision_config).train()
+    model = CellClassifier(breezeclip_config).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate)
     (pixels, targets), generator = train, torch.Generator().manual_seed(args.seed)
     losses, start = [], time.perf_counter()
@@ -127,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    vision_config = BcQLMConfig.from_pretrained(args.model).breezeclip_config.vision_config
+    breezeclip_config = BcQLMConfig.from_pretrained(args.model).breezeclip_config
     image_processor = BcQLMImageProcessor.from_pretrained(args.model)
     scenes = {
         "train": [scene for scene, _ in make_synthetic_scenes(args.train_scenes, args.seed, SCENE_SIZE, "train")],
@@ -139,9 +137,9 @@ def main(argv: list[str] | None = None) -> dict:
     for size in [int(size) for size in args.image_sizes.split(",")]:
         resize = {"size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}}
         pixels = {split: image_processor(images[split], return_tensors="pt", **resize).pixel_values for split in images}
-        vision_config.image_size = size
+        breezeclip_config.vision_config.image_size = size
         train, test = (pixels["train"], targets["train"]), (pixels["test"], targets["test"])
-        results["runs"][size] = train_and_score(vision_config, train, test, args)
+        results["runs"][size] = train_and_score(breezeclip_config, train, test, args)
     print(markdown(results))
     if args.output:
         write_json(results, Path(args.output))
