@@ -14,12 +14,17 @@ from .helpers import run_python
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_quick_run_trains_every_stage_and_saves_a_loadable_model(tmp_path):
+def run_quick(tmp_path, *options):
+    """`train_default_model.py --quick` with `options`, into `tmp_path/model` and `tmp_path/work`."""
     completed = run_python(
-        REPO / "examples" / "train_default_model.py", "--quick",
+        REPO / "examples" / "train_default_model.py", "--quick", *options,
         "--output_dir", tmp_path / "model", "--work_dir", tmp_path / "work", cwd=tmp_path, timeout=900,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-4000:]
+
+
+def test_quick_run_trains_every_stage_and_saves_a_loadable_model(tmp_path):
+    run_quick(tmp_path)
     work = tmp_path / "work"
     for stage in ("teacher", "breezeclip", "decoder", "composed", "vqa_run"):
         assert (work / stage / "config.json").exists(), stage
@@ -66,11 +71,7 @@ def test_vary_style_draws_the_training_scenes_in_other_styles_and_keeps_the_test
 
     from modeling_bcqlm.data.synthetic_shapes import BACKGROUND_COLOUR, COLOURS
 
-    completed = run_python(
-        REPO / "examples" / "train_default_model.py", "--quick", "--vary_style",
-        "--output_dir", tmp_path / "model", "--work_dir", tmp_path / "work", cwd=tmp_path, timeout=900,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-4000:]
+    run_quick(tmp_path, "--vary_style")
     splits = datasets.load_from_disk(str(tmp_path / "work" / "vqa"))
     palette = {tuple(rgb) for rgb in COLOURS.values()} | {BACKGROUND_COLOUR}
 
@@ -90,11 +91,7 @@ def test_region_distillation_distils_the_teachers_embedding_of_each_cells_window
 
     from modeling_bcqlm.data.images import cell_windows
 
-    completed = run_python(
-        REPO / "examples" / "train_default_model.py", "--quick", "--region_distillation",
-        "--output_dir", tmp_path / "model", "--work_dir", tmp_path / "work", cwd=tmp_path, timeout=900,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-4000:]
+    run_quick(tmp_path, "--region_distillation")
     work = tmp_path / "work"
     cache = next((work / "breezeclip" / "teacher_embeddings").glob("*.arrow"))
     row = datasets.Dataset.from_file(str(cache))[0]

@@ -103,22 +103,26 @@ def test_distill_breezeclip_script_trains_saves_and_resumes(tmp_path, data):
     assert results["train_loss"] > 0
 
 
-
-def test_distill_breezeclip_script_with_patch_distillation(tmp_path, data):
+def fresh_student_args(tmp_path, data) -> list[str]:
+    """`distill_breezeclip.py` arguments: two steps of a fresh tiny student on `data`'s captions, without contrast."""
     save_distillation_parts(tmp_path)
-    args = [
+    return [
         "--teacher_name_or_path", str(tmp_path / "teacher"),
         "--student_config", str(tmp_path / "student.json"),
         "--student_tokenizer", str(tmp_path / "student_tokenizer"),
         "--train_file", str(data / "captions.jsonl"),
         "--output_dir", str(tmp_path / "breezeclip"),
         "--per_device_train_batch_size", "4",
-        "--save_steps", "2",
         "--contrastive_weight", "0",
-        "--patch_distillation_weight", "1.0",
-        "--precompute_teacher_embeddings",
         "--max_steps", "2",
         *COMMON,
+    ]  # fmt: skip
+
+
+def test_distill_breezeclip_script_with_patch_distillation(tmp_path, data):
+    args = [
+        *fresh_student_args(tmp_path, data),
+        "--save_steps", "2", "--patch_distillation_weight", "1.0", "--precompute_teacher_embeddings",
     ]  # fmt: skip
     results = distill_breezeclip.main(args)
     assert results["train_loss"] > 0
@@ -127,21 +131,11 @@ def test_distill_breezeclip_script_with_patch_distillation(tmp_path, data):
     assert any(name.startswith("patch_distillation_projection.") for name in checkpoint)
     assert isinstance(AutoModel.from_pretrained(tmp_path / "breezeclip"), BreezeCLIPModel)
 
+
 def test_distill_breezeclip_script_with_crop_distillation(tmp_path, data):
-    save_distillation_parts(tmp_path)
     args = [
-        "--teacher_name_or_path", str(tmp_path / "teacher"),
-        "--student_config", str(tmp_path / "student.json"),
-        "--student_tokenizer", str(tmp_path / "student_tokenizer"),
-        "--train_file", str(data / "captions.jsonl"),
-        "--output_dir", str(tmp_path / "breezeclip"),
-        "--per_device_train_batch_size", "4",
-        "--save_strategy", "no",
-        "--contrastive_weight", "0",
-        "--crop_distillation_weight", "1.0",
-        "--crop_window", "0.75",
-        "--max_steps", "2",
-        *COMMON,
+        *fresh_student_args(tmp_path, data),
+        "--save_strategy", "no", "--crop_distillation_weight", "1.0", "--crop_window", "0.75",
     ]  # fmt: skip
     with pytest.raises(ValueError, match="--precompute_teacher_embeddings"):
         distill_breezeclip.main(args)
