@@ -276,6 +276,25 @@ class BcQLMPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        _fit_4bit_cpu_kernels(loaded[0] if isinstance(loaded, tuple) else loaded)
+        return loaded
+
+
+def _fit_4bit_cpu_kernels(model: nn.Module) -> None:
+    """
+    bitsandbytes' 4-bit kernel for CPUs with AVX512-BF16 repacks a layer's weights at its first call, and takes only
+    layers with a multiple of 32 outputs and of the quantization block's size of inputs (it asserts on others, such as
+    Q-GCAM's one-output gate): those layers use bitsandbytes' generic 4-bit path instead.
+    """
+    for module in model.modules():
+        quant_state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if getattr(module, "support_avx512bf16_for_cpu", False) and quant_state is not None:
+            if module.out_features % 32 or module.in_features % quant_state.blocksize:
+                module.support_avx512bf16_for_cpu = False
+
 
 class BcQLMModel(BcQLMPreTrainedModel):
     """BreezeCLIP towers, the visual adapter, Q-GCAM and the decoder, without the language-modelling head."""

@@ -38,6 +38,9 @@ def linear_types(model) -> dict[str, str]:
 def test_quantized_loading_converts_decoder_adapter_and_qgcam_only(saved, name, tmp_path):
     folder, inputs, logits, fp32_footprint = saved
     model = AutoModel.from_pretrained(folder, quantization_config=QUANTIZATION_CONFIGS[name]).eval()
+    # Saved before its first call: on CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights at the first call and
+    # saves them back with the block scales rounded to bfloat16.
+    model.save_pretrained(tmp_path)
     quantized_class = "Linear8bitLt" if name == "int8" else "Linear4bit"
     for module_name, class_name in linear_types(model).items():
         keep = module_name.startswith("model.breezeclip") or module_name == "lm_head"
@@ -55,7 +58,6 @@ def test_quantized_loading_converts_decoder_adapter_and_qgcam_only(saved, name, 
     generated = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
     assert generated.shape == (1, inputs["input_ids"].shape[1] + 4)
 
-    model.save_pretrained(tmp_path)
     reloaded = AutoModel.from_pretrained(tmp_path).eval()
     assert type(reloaded.model.qgcam.q_proj).__name__ == quantized_class
     with torch.no_grad():
@@ -81,3 +83,18 @@ def test_half_precision_loading_keeps_breezeclip_in_fp32(saved, dtype):
         half_logits = model(**inputs).logits
     assert half_logits.dtype == dtype
     assert ((half_logits.float() - logits).norm() / logits.norm()) < 0.05
+
+
+def test_4bit_layers_the_avx512_bf16_cpu_kernel_cannot_take_use_the_generic_path():
+    from modeling_bcqlm import DEFAULT_MODEL
+    from modeling_bcqlm.modeling_bcqlm import _fit_4bit_cpu_kernels
+
+    model = AutoModel.from_pretrained(DEFAULT_MODEL, quantization_config=QUANTIZATION_CONFIGS["nf4-double-quant"])
+    layers = {name: module for name, module in model.named_modules() if isinstance(module, bnb.nn.Linear4bit)}
+    for layer in layers.values():
+        layer.support_avx512bf16_for_cpu = True  # as bitsandbytes sets it on such a CPU
+    _fit_4bit_cpu_kernels(model)
+    # Every layer of the default model has 64 to 384 inputs and outputs in multiples of 32, but Q-GCAM's gate has one
+    # output.
+    generic = [name for name, layer in layers.items() if not layer.support_avx512bf16_for_cpu]
+    assert generic == ["model.qgcam.gate_fc2"] and len(layers) > 30
