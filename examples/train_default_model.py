@@ -11,9 +11,9 @@
    image and text embeddings and, cell by cell, the teacher's patch tokens, which teach the image tower what each
    cell holds (pooled embeddings alone, or with the student's own contrastive and affinity losses, leave the cells
    blind to colour). The student sees 64 px images (output stride 16: the same 4 x 4 map at a third of the cost).
-   With `--region_distillation` the teacher also learns each shape's own caption from a window around it
-   (`make_synthetic_region_captions`), and stage 1 distils its embedding of the window around each cell too (crop
-   distillation): what a CLIP teacher learns of shape sits in its pooled embedding, not in its patch tokens.
+   The teacher also learns each shape's own caption from a window around it (`make_synthetic_region_captions`), and
+   stage 1 distils its embedding of the window around each cell too (crop distillation): what a CLIP teacher learns
+   of shape sits in its pooled embedding, not in its patch tokens (`--no-region_distillation` leaves both out).
 5. The decoder (a small `LlamaForCausalLM`) learns the language of the prompts and answers as a causal LM on the
    training questions and answers (text only).
 6. `conversion/compose_bcqlm.py` assembles BcQLM from the two; stage 2 (`examples/train_vqa.py`) trains it on the VQA
@@ -231,7 +231,7 @@ def make_data(args, work: Path) -> tuple[datasets.DatasetDict, datasets.Dataset,
 
 
 def teacher_captions(args, captions: datasets.Dataset) -> datasets.Dataset:
-    """The teacher's image-caption pairs: the scenes' captions and, with `--region_distillation`, its shapes' own."""
+    """The teacher's image-caption pairs: the scenes' captions and, with region distillation, each shape's own."""
     if not args.region_distillation:
         return captions
     regions = make_synthetic_region_captions(
@@ -371,9 +371,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--test_images", type=int, default=400)
     parser.add_argument("--questions_per_image", type=int, default=5)
     parser.add_argument(
-        "--teacher_epochs", type=float, help="Epochs over the teacher's captions (default 4; 8 with --region_distillation)."
+        "--teacher_epochs", type=float, help="Epochs over the teacher's captions (default 8; 4 without region ones)."
     )
-    parser.add_argument("--distillation_epochs", type=float, default=8)
+    parser.add_argument(
+        "--distillation_epochs", type=float, help="Epochs of stage 1 (default 16; 8 without region distillation)."
+    )
     parser.add_argument("--decoder_epochs", type=float, default=0.25)
     parser.add_argument("--vqa_epochs", type=float, default=3)
     parser.add_argument(
@@ -386,14 +388,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--region_distillation",
-        action="store_true",
-        help="Train the teacher on each shape's own caption too, and distil its embedding of a window around each cell.",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Train the teacher on each shape's own caption too, and distil its embedding of a window around each cell "
+        "(default; --no-region_distillation: the patch tokens only, the previous recipe).",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="A few examples and steps: a smoke test of every step.")
     args = parser.parse_args(argv)
     if args.teacher_epochs is None:
         args.teacher_epochs = 8 if args.region_distillation else 4
+    if args.distillation_epochs is None:
+        args.distillation_epochs = 16 if args.region_distillation else 8
     if args.quick:
         args.train_images, args.caption_images, args.test_images, args.questions_per_image = 16, 16, 6, 3
         args.teacher_epochs = args.distillation_epochs = args.decoder_epochs = args.vqa_epochs = 1

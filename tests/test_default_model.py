@@ -133,6 +133,21 @@ def test_loads_through_the_auto_classes_and_answers_like_the_pipeline(example):
         assert reply["generated_text"][-1] == {"role": "assistant", "content": answer}
 
 
+def test_readme_table_shows_the_models_own_answers_and_the_truth_where_the_scene_asks(example):
+    questions, _ = example
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("| question | truth | answer |") :].split("\n\n", 1)[0].splitlines()[2:]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table]
+    assert len(rows) == 12
+    vqa = pipeline("visual-question-answering", model=DEFAULT_MODEL, pipeline_class=BcQLMVisualQuestionAnsweringPipeline)
+    for question, truth, answer in rows:
+        assert vqa(image=str(EXAMPLE_IMAGE), question=question, max_new_tokens=4)[0]["answer"] == answer, question
+        assert questions.get(question, truth) == truth, question
+    # The model card counts the right ones.
+    right = sum(truth == answer for _, truth, answer in rows)
+    assert f"answers {right} of 12 plain questions right" in (ROOT / "model_card.md").read_text()
+
+
 def test_bcqlm_ask_answers_the_readme_question_correctly(tmp_path, example):
     questions, _ = example
     readme = (ROOT / "README.md").read_text()

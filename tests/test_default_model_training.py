@@ -24,7 +24,7 @@ def run_quick(tmp_path, *options):
 
 
 def test_quick_run_trains_every_stage_and_saves_a_loadable_model(tmp_path):
-    run_quick(tmp_path)
+    run_quick(tmp_path, "--no-region_distillation")  # the default recipe's own test is below
     work = tmp_path / "work"
     for stage in ("teacher", "breezeclip", "decoder", "composed", "vqa_run"):
         assert (work / stage / "config.json").exists(), stage
@@ -91,14 +91,16 @@ def test_region_distillation_distils_the_teachers_embedding_of_each_cells_window
 
     from modeling_bcqlm.data.images import cell_windows
 
-    run_quick(tmp_path, "--region_distillation")
+    run_quick(tmp_path)
     work = tmp_path / "work"
     cache = next((work / "breezeclip" / "teacher_embeddings").glob("*.arrow"))
     row = datasets.Dataset.from_file(str(cache))[0]
-    teacher, teacher_processor = CLIPModel.from_pretrained(work / "teacher"), CLIPProcessor.from_pretrained(work / "teacher")
+    teacher, teacher_processor = (part.from_pretrained(work / "teacher") for part in (CLIPModel, CLIPProcessor))
     windows = cell_windows(Image.open(work / "captions" / "images" / "0.png").convert("RGB"), 4, 0.5)
     with torch.no_grad():
         pixel_values = teacher_processor(images=windows, return_tensors="pt")["pixel_values"]
         expected = teacher.get_image_features(pixel_values=pixel_values).pooler_output
     torch.testing.assert_close(torch.tensor(row["teacher_crop_embeds"]), expected, rtol=1e-4, atol=1e-5)
     assert isinstance(AutoModel.from_pretrained(tmp_path / "model"), BcQLMForConditionalGeneration)
+    arguments = json.loads((tmp_path / "model" / "training_results.json").read_text())["arguments"]
+    assert arguments["region_distillation"] is True
