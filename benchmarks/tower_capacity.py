@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
 from benchmarks.lib.report import write_json
 from benchmarks.lib.system import machine_info
 from benchmarks.stage_probes import NONE, cell_labels
