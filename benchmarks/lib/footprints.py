@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from transformers import BitsAndBytesConfig, PreTrainedModel
 
+from modeling_bcqlm.modeling_bcqlm import _fit_4bit_cpu_kernels
+
 from .build import build_model
 from .peers import PEERS, Peer
 from .system import max_rss_bytes
@@ -55,8 +57,13 @@ def quantized_linears(model: PreTrainedModel) -> int:
 
 
 def load_quantized(peer: Peer, folder: str, quantization_config: BitsAndBytesConfig, **kwargs) -> PreTrainedModel:
-    """`peer`'s checkpoint in `folder` loaded with `quantization_config` (and `from_pretrained`'s `kwargs`)."""
-    return peer.model_class.from_pretrained(folder, quantization_config=quantization_config, **kwargs).eval()
+    """
+    `peer`'s checkpoint in `folder` loaded with `quantization_config` (and `from_pretrained`'s `kwargs`); on CPUs with
+    AVX512-BF16, the peers' 4-bit layers that bitsandbytes' packed kernel cannot take use its generic path, as BcQLM's.
+    """
+    model = peer.model_class.from_pretrained(folder, quantization_config=quantization_config, **kwargs).eval()
+    _fit_4bit_cpu_kernels(model)
+    return model
 
 
 def save_random_checkpoint(peer: Peer, tiny: bool, folder: str, seed: int = 0) -> None:
