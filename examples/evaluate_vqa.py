@@ -220,4 +220,10 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    finally:
+        # Under `accelerate launch`, leave the process group before exiting: a gloo group left to the interpreter's
+        # exit now and then aborts the process ("terminate called without an active exception").
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
