@@ -4,7 +4,8 @@
 
 The image tower of a BcQLM folder's config (default: the bundled model's MobileViT), built and initialised as
 `BreezeCLIPModel` builds it for stage 1 (MobileViT's own init draws the batch-norm scales from N(0, 0.02), and a
-tower so built learns several times slower), is trained with a linear head per attribute on the colour and shape of the object whose centre lies in each cell of the 4 x 4
+tower so built learns several times slower), is trained with a linear head per attribute on the colour and shape of
+the object whose centre lies in each cell of the 4 x 4
 grid (the cells `benchmarks/stage_probes.py` probes; empty cells and cells holding two centres carry no label), on
 synthetic scenes drawn at 128 px (the teacher's input) and resized by the model's image processor to each
 `--image_sizes` size. A tower map finer than the grid is average-pooled to it, as stage 1 pools the teacher's patch
@@ -47,7 +48,7 @@ def cell_targets(scenes: list, image_size: int) -> dict[str, torch.Tensor]:
 
 
 class CellClassifier(torch.nn.Module):
-    """BreezeCLIP's image tower with a linear head per attribute on each cell of `GRID`: logits `(batch, cells, classes)`."""
+    """BreezeCLIP's image tower with a linear head per attribute on each cell: logits `(batch, cells, classes)`."""
 
     def __init__(self, breezeclip_config):
         super().__init__()

@@ -10,7 +10,8 @@ The data file (`.jsonl`, `.csv` or `.json`) holds an image path and a caption pe
 `--student_name_or_path` (a BreezeCLIP folder) or is built fresh from `--student_config` (default: the paper's
 BreezeCLIP). `--patch_distillation_weight` adds the distance between each cell of the student's image features and the
 teacher's patch tokens pooled to it; `--crop_distillation_weight` the distance to the teacher's image embedding of a
-window around the cell (`--crop_window` of the image side; needs `--precompute_teacher_embeddings`). The output folder holds the student (`BreezeCLIPModel`), its image processor and
+window around the cell (`--crop_window` of the image side; needs `--precompute_teacher_embeddings`). The output
+folder holds the student (`BreezeCLIPModel`), its image processor and
 tokenizer, the checkpoints (student only; never the teacher) and `all_results.json`. Runs under `accelerate launch` as
 well.
 """

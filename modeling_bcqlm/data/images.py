@@ -17,30 +17,35 @@ def to_rgb_images(images: list) -> list:
     return [convert_to_rgb(to_8bit(image)) for image in BcQLMImageProcessor().fetch_images(list(images))]
 
 
-def crop_window(image, centre: tuple[float, float], side: int):
+def border_colour(image) -> tuple[int, int, int]:
+    """The median colour of an RGB PIL image's border pixels (the background, in scenes on a plain one)."""
+    pixels = np.asarray(image)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    return tuple(int(value) for value in np.median(border, axis=0))
+
+
+def crop_window(image, centre: tuple[float, float], side: int, fill: tuple[int, int, int] | None = None):
     """
     The `side` x `side` square of an RGB PIL image centred on `centre` (x, y, in pixels); the part outside the image is
-    filled with the median colour of the image's border (the background, in scenes on a plain one).
+    filled with `fill` (default: its [`border_colour`]).
     """
-    pixels = np.asarray(image.convert("RGB"))
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    window = Image.new("RGB", (side, side), tuple(int(value) for value in np.median(border, axis=0)))
+    window = Image.new("RGB", (side, side), fill or border_colour(image))
     left, top = round(centre[0] - side / 2), round(centre[1] - side / 2)
     inside = (max(left, 0), max(top, 0), min(left + side, image.width), min(top + side, image.height))
     if inside[0] < inside[2] and inside[1] < inside[3]:
-        window.paste(image.convert("RGB").crop(inside), (inside[0] - left, inside[1] - top))
+        window.paste(image.crop(inside), (inside[0] - left, inside[1] - top))
     return window
 
 
 def cell_windows(image, grid: int, window: float) -> list:
     """
-    One [`crop_window`] per cell of a `grid` x `grid` partition of the image, in row-major order, centred on the cell,
-    `window` times the image's shorter side wide.
+    One [`crop_window`] per cell of a `grid` x `grid` partition of an RGB PIL image, in row-major order, centred on the
+    cell, `window` times the image's shorter side wide.
     """
-    side = max(1, round(window * min(image.size)))
+    side, fill = max(1, round(window * min(image.size))), border_colour(image)
     cell_width, cell_height = image.width / grid, image.height / grid
     return [
-        crop_window(image, ((column + 0.5) * cell_width, (row + 0.5) * cell_height), side)
+        crop_window(image, ((column + 0.5) * cell_width, (row + 0.5) * cell_height), side, fill)
         for row in range(grid)
         for column in range(grid)
     ]

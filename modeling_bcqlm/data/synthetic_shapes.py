@@ -406,8 +406,9 @@ def make_synthetic_region_captions(
     """
     side = max(1, round(window * image_size))
     rows = {"image": [], "caption": []}
-    for index, scene, image, _, _ in _synthetic_images(num_images, seed, image_size, split, held_out_fraction, vary_style):
-        picture = Image.open(io.BytesIO(image["bytes"]))
+    images = _synthetic_images(num_images, seed, image_size, split, held_out_fraction, vary_style)
+    for index, scene, image, _, _ in images:
+        picture = Image.open(io.BytesIO(image["bytes"])).convert("RGB")
         rng = np.random.default_rng([seed, SPLITS.index(split), index, 2])
         for obj in scene:
             offset = rng.uniform(-jitter, jitter, 2) * image_size
