@@ -5,10 +5,12 @@ assertions) and of `benchmarks/oracle_readout.py` and `benchmarks/stage_probes.p
 import copy
 import dataclasses
 import json
+import math
 import re
 import sys
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -37,6 +39,7 @@ from modeling_bcqlm.data.synthetic_shapes import (
     render_scene,
 )
 from modeling_bcqlm.testing.tiny_models import make_tiny_clip_teacher
+from modeling_bcqlm.training import BcQLMVQACollator
 
 
 def test_full_size_peers_have_the_requested_shapes():
@@ -480,3 +483,49 @@ def test_tower_capacity_labels_cells_and_trains_the_tower(bcqlm_folder, tmp_path
             assert all(0.0 <= run[split][name]["accuracy"] <= 1.0 for name in ("colour", "shape"))
     # The tiny tower (stride 32) maps 64 px to 2 x 2 cells and 96 px to 3 x 3.
     assert [results["runs"][size]["feature_map"] for size in (64, 96)] == [[2, 2], [3, 3]]
+
+
+def test_stage2_sweep_scores_exact_answers_under_teacher_forcing():
+    from benchmarks.stage2_sweep import answers_correct
+
+    # Vocabulary of 5; the answer is tokens 3, 4 at positions 2, 3 (position 0-1 the prompt, 4 padding).
+    labels = torch.tensor([[-100, -100, 3, 4, -100]] * 3)
+    logits = torch.zeros(3, 5, 5)
+    logits[:, 1, 3] = logits[:, 2, 4] = 1.0  # each labelled token predicted one step before it
+    logits[1, 2, 4], logits[1, 2, 0] = 0.0, 2.0  # row 1: the second answer token wrong
+    logits[2, 0, 1] = logits[2, 3, 2] = 5.0  # row 2: wrong where nothing is labelled
+    assert answers_correct(logits, labels).tolist() == [True, False, True]
+
+
+def test_stage2_sweep_on_a_tiny_work_dir(bcqlm_folder, tmp_path):
+    from benchmarks.stage2_sweep import ImageLastProcessor, main
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "composed").symlink_to(bcqlm_folder)
+    vqa = datasets.DatasetDict(
+        {"train": make_synthetic_vqa(6, 0, 2, 96, "train"), "test": make_synthetic_vqa(3, 1, 2, 96, "test")}
+    )
+    vqa.save_to_disk(str(work / "vqa"))
+
+    processor = BcQLMProcessor.from_pretrained(bcqlm_folder)
+    image_id, tokenizer = processor.image_token_id, processor.tokenizer
+    for prompt_processor, image_first in ((processor, True), (ImageLastProcessor(processor), False)):
+        ids = BcQLMVQACollator(prompt_processor)(list(vqa["test"].select([0])))["input_ids"][0].tolist()
+        image_positions = [index for index, token in enumerate(ids) if token == image_id]
+        question_end = len(tokenizer("Question: " + vqa["test"][0]["question"], add_special_tokens=False)["input_ids"])
+        start = image_positions[0]
+        assert image_positions == list(range(start, start + processor.image_seq_length))
+        assert start <= 1 if image_first else start >= question_end  # after the start token, or after the question
+
+    results = main(["--work_dir", str(work), "--learning_rates", "1e-3", "--image_last", "--steps", "4",
+                    "--eval_every", "2", "--batch_size", "4", "--train_eval_batches", "1", "--output",
+                    str(tmp_path / "sweep.json")])  # fmt: skip
+    assert json.loads((tmp_path / "sweep.json").read_text()) == results
+    assert list(results) == ["image first, lr 0.001", "image last, lr 0.001"]
+    for evaluations in results.values():
+        assert [evaluation["step"] for evaluation in evaluations] == [2, 4]
+        for evaluation in evaluations:
+            assert set(evaluation["test"]) == {"all"} | set(vqa["test"]["question_type"])
+            assert all(0.0 <= value <= 100.0 for value in evaluation["test"].values())
+            assert math.isfinite(evaluation["loss"])
