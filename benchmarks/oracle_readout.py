@@ -55,10 +55,16 @@ class TransformerReadout(nn.Module):
     """A pre-norm transformer encoder over [object tokens; question tokens; class token] with an answer classifier."""
 
     def __init__(
-        self, vocab_size: int, num_answers: int, num_layers: int, hidden_size: int = 128, max_length: int = 64
+        self,
+        vocab_size: int,
+        num_answers: int,
+        num_layers: int,
+        hidden_size: int = 128,
+        max_length: int = 64,
+        token_size: int = TOKEN_SIZE,
     ):
         super().__init__()
-        self.objects = nn.Sequential(nn.Linear(TOKEN_SIZE, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size))
+        self.objects = nn.Sequential(nn.Linear(token_size, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size))
         self.words = nn.Embedding(vocab_size, hidden_size)
         self.positions = nn.Embedding(max_length, hidden_size)
         self.class_token = nn.Parameter(torch.randn(hidden_size) * 0.02)
@@ -66,15 +72,15 @@ class TransformerReadout(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
         self.classifier = nn.Linear(hidden_size, num_answers)
 
-    def forward(self, objects, input_ids, attention_mask):
+    def forward(self, objects, input_ids, attention_mask, object_padding):
+        """`objects` `(batch_size, num_tokens, token_size)`, `object_padding` `(batch_size, num_tokens)` True where
+        absent, question `input_ids` `(batch_size, length)`: answer logits `(batch_size, num_answers)`."""
         batch_size = input_ids.shape[0]
         hidden = torch.cat(
             [self.objects(objects), self.words(input_ids), self.class_token.expand(batch_size, 1, -1)], 1
         )
         hidden = hidden + self.positions(torch.arange(hidden.shape[1]))
-        padding = torch.cat(
-            [objects[..., -1] == 0, attention_mask == 0, torch.zeros(batch_size, 1, dtype=torch.bool)], 1
-        )
+        padding = torch.cat([object_padding, attention_mask == 0, torch.zeros(batch_size, 1, dtype=torch.bool)], 1)
         return self.classifier(self.encoder(hidden, src_key_padding_mask=padding)[:, -1])
 
 
@@ -132,7 +138,7 @@ class ClassifierReadout:
     def _logits(self, rows):
         objects = torch.stack([oracle_object_tokens(row["scene"]) for row in rows])
         text = self.tokenizer([row["question"] for row in rows], padding=True, return_tensors="pt")
-        return self.network(objects, text.input_ids, text.attention_mask)
+        return self.network(objects, text.input_ids, text.attention_mask, objects[..., -1] == 0)
 
     def loss(self, rows):
         self.network.train()

@@ -8,8 +8,13 @@ saved order, as the recipe's `frozen_vision` stage 2 does (BreezeCLIP frozen, th
 cosine decay, batches of `--batch_size`). BreezeCLIP is frozen, so its image and question features are computed once
 per batch and reused by every run. `--image_last` also runs each rate with the prompt
 `"Question: {question}\\n<image>Answer:"`. Every `--eval_every` steps each run reports the test split's accuracy per
-question type (exact match of the answer and end-of-text tokens under teacher forcing, which equals greedy decoding's
-exact match) and the same on the first `--train_eval_batches` training batches.
+question type and on its held-out and seen shape-colour combinations (exact match of the answer and end-of-text tokens
+under teacher forcing, which equals greedy decoding's exact match) and the same on the first `--train_eval_batches`
+training batches.
+
+`--readout transformer` trains a plain transformer classifier (`oracle_readout.py`'s, fresh weights) on the same
+frozen cells and question tokens instead: what a read-out with bidirectional attention over the cells and no decoder
+learns from what BreezeCLIP gives, to tell the read-out's limits from the features'.
 """
 
 import argparse
@@ -22,7 +27,8 @@ import datasets
 import torch
 import torch.nn.functional as F
 
-from modeling_bcqlm import BcQLMForConditionalGeneration, BcQLMProcessor
+from benchmarks.oracle_readout import TransformerReadout
+from modeling_bcqlm import BcQLMConfig, BcQLMForConditionalGeneration, BcQLMProcessor
 from modeling_bcqlm.training import BcQLMVQACollator
 
 
@@ -47,10 +53,10 @@ def cached_batches(model, collator, rows: datasets.Dataset, batch_size: int) -> 
         batch = collator(list(chunk))
         patches = model.model.breezeclip.get_image_features(batch.pop("pixel_values")).last_hidden_state
         tokens, pooled, mask = model.model.get_question_features(
-            batch.pop("question_input_ids"), batch.pop("question_attention_mask")
+            batch["question_input_ids"], batch["question_attention_mask"]
         )
         batch.update(patches=patches, question_tokens=tokens, question_pooled=pooled, question_mask=mask)
-        batch["question_type"] = chunk["question_type"]
+        batch["question_type"], batch["held_out"] = chunk["question_type"], chunk["held_out"]
         batches.append(batch)
     return batches
 
@@ -71,41 +77,96 @@ def answers_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return ((predicted == targets) | (targets == -100)).all(1)
 
 
+class DecoderReadout:
+    """Stage 2 as the recipe trains it: the adapter, Q-GCAM and the decoder of `W/composed` (BreezeCLIP frozen)."""
+
+    def __init__(self, work_dir: str):
+        self.model = BcQLMForConditionalGeneration.from_pretrained(f"{work_dir}/composed")
+        self.model.model.breezeclip.requires_grad_(False)
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [param for param in self.model.parameters() if param.requires_grad]
+
+    def train(self, mode: bool = True) -> None:
+        self.model.train(mode)
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        logits = logits_of(self.model, batch)
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=-100)
+
+    def correct(self, batch: dict) -> torch.Tensor:
+        return answers_correct(logits_of(self.model, batch), batch["labels"])
+
+
+class CellClassifierReadout:
+    """
+    A plain transformer classifier (`oracle_readout.TransformerReadout`, fresh weights) over the same frozen features:
+    BreezeCLIP's projected cells and the question's tokens; each answer (its labelled token ids) is one class.
+    """
+
+    def __init__(self, work_dir: str, num_layers: int, train: list[dict]):
+        config = BcQLMConfig.from_pretrained(f"{work_dir}/composed").breezeclip_config
+        self.answers = {}
+        for batch in train:
+            for answer in self._answer_ids(batch):
+                self.answers.setdefault(answer, len(self.answers))
+        self.network = TransformerReadout(
+            config.text_config.vocab_size, len(self.answers), num_layers, token_size=config.projection_dim
+        )
+
+    @staticmethod
+    def _answer_ids(batch: dict) -> list[tuple[int, ...]]:
+        return [tuple(token for token in row.tolist() if token != -100) for row in batch["labels"]]
+
+    def parameters(self) -> list[torch.Tensor]:
+        return list(self.network.parameters())
+
+    def train(self, mode: bool = True) -> None:
+        self.network.train(mode)
+
+    def _logits(self, batch: dict) -> torch.Tensor:
+        cells = batch["patches"][batch["image_indices"]]
+        padding = torch.zeros(cells.shape[:2], dtype=torch.bool)
+        return self.network(cells, batch["question_input_ids"], batch["question_attention_mask"], padding)
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        labels = torch.tensor([self.answers[answer] for answer in self._answer_ids(batch)])
+        return F.cross_entropy(self._logits(batch), labels)
+
+    def correct(self, batch: dict) -> torch.Tensor:
+        labels = torch.tensor([self.answers.get(answer, -1) for answer in self._answer_ids(batch)])
+        return self._logits(batch).argmax(-1) == labels
+
+
 @torch.no_grad()
-def accuracy(model, batches: list[dict]) -> dict[str, float]:
-    """Accuracy in percent, overall (`all`) and per question type."""
-    model.eval()
+def accuracy(readout, batches: list[dict]) -> dict[str, float]:
+    """Accuracy in percent: overall (`all`), per question type, on held-out and on seen shape-colour combinations."""
+    readout.train(False)
     by_type = collections.defaultdict(list)
     for batch in batches:
-        for kind, correct in zip(batch["question_type"], answers_correct(logits_of(model, batch), batch["labels"])):
-            by_type[kind].append(bool(correct))
-            by_type["all"].append(bool(correct))
-    model.train()
+        for kind, held_out, correct in zip(batch["question_type"], batch["held_out"], readout.correct(batch)):
+            for key in (kind, "all", "held_out" if held_out else "seen"):
+                by_type[key].append(bool(correct))
+    readout.train()
     return {kind: round(100 * sum(values) / len(values), 1) for kind, values in sorted(by_type.items())}
 
 
-def train_run(args, learning_rate: float, train: list[dict], test: list[dict]) -> list[dict]:
-    """One stage-2 run from `W/composed`; the evaluations every `--eval_every` steps."""
-    torch.manual_seed(args.seed)
-    model = BcQLMForConditionalGeneration.from_pretrained(f"{args.work_dir}/composed")
-    model.model.breezeclip.requires_grad_(False)
-    model.train()
-    trained = [param for param in model.parameters() if param.requires_grad]
-    optimizer = torch.optim.AdamW(trained, lr=learning_rate, weight_decay=0.0)
+def train_run(args, readout, learning_rate: float, train: list[dict], test: list[dict]) -> list[dict]:
+    """Train `readout` with AdamW, warm-up then cosine decay; the evaluations every `--eval_every` steps."""
+    readout.train()
+    optimizer = torch.optim.AdamW(readout.parameters(), lr=learning_rate, weight_decay=0.0)
     warmup, evaluations, start = args.warmup_steps, [], time.perf_counter()
     for step in range(args.steps):
         progress = (step - warmup) / max(1, args.steps - warmup)
         scale = (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * progress))
         optimizer.param_groups[0]["lr"] = learning_rate * scale
-        batch = train[step % len(train)]
-        logits = logits_of(model, batch)
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=-100)
+        loss = readout.loss(train[step % len(train)])
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             evaluation = {"step": step + 1, "seconds": round(time.perf_counter() - start), "loss": loss.item()}
-            evaluation.update(test=accuracy(model, test), train=accuracy(model, train[: args.train_eval_batches]))
+            evaluation.update(test=accuracy(readout, test), train=accuracy(readout, train[: args.train_eval_batches]))
             print(learning_rate, json.dumps(evaluation), flush=True)
             evaluations.append(evaluation)
     return evaluations
@@ -115,7 +176,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work_dir", required=True, help="`train_default_model.py --work_dir` (its composed, vqa).")
     parser.add_argument("--learning_rates", type=float, nargs="+", default=[1e-3, 5e-4])
-    parser.add_argument("--image_last", action="store_true", help="Also run each rate with `<image>` after the question.")
+    parser.add_argument("--image_last", action="store_true", help="Each rate with `<image>` after the question too.")
+    parser.add_argument(
+        "--readout",
+        choices=("bcqlm", "transformer"),
+        default="bcqlm",
+        help="`transformer`: a plain transformer classifier on the same frozen features instead of stage 2's read-out.",
+    )
+    parser.add_argument("--layers", type=int, default=4, help="Encoder layers of `--readout transformer`.")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--warmup_steps", type=int, default=100)
     parser.add_argument("--batch_size", type=int, default=32)
@@ -135,12 +203,18 @@ def main(argv: list[str] | None = None) -> dict:
     processor = BcQLMProcessor.from_pretrained(f"{args.work_dir}/composed")
     vqa = datasets.load_from_disk(f"{args.work_dir}/vqa")
     results = {}
-    for placement in ("first", "last") if args.image_last else ("first",):
+    for placement in ("first", "last") if args.image_last and args.readout == "bcqlm" else ("first",):
         collator = BcQLMVQACollator(processor if placement == "first" else ImageLastProcessor(processor))
         train = cached_batches(model, collator, vqa["train"], args.batch_size)
         test = cached_batches(model, collator, vqa["test"], 100)
         for learning_rate in args.learning_rates:
-            results[f"image {placement}, lr {learning_rate:g}"] = train_run(args, learning_rate, train, test)
+            torch.manual_seed(args.seed)
+            if args.readout == "bcqlm":
+                readout, name = DecoderReadout(args.work_dir), f"image {placement}, lr {learning_rate:g}"
+            else:
+                readout = CellClassifierReadout(args.work_dir, args.layers, train)
+                name = f"transformer, lr {learning_rate:g}"
+            results[name] = train_run(args, readout, learning_rate, train, test)
     if args.output:
         with open(args.output, "w") as f:
             json.dump(results, f, indent=2)

@@ -526,6 +526,12 @@ def test_stage2_sweep_on_a_tiny_work_dir(bcqlm_folder, tmp_path):
     for evaluations in results.values():
         assert [evaluation["step"] for evaluation in evaluations] == [2, 4]
         for evaluation in evaluations:
-            assert set(evaluation["test"]) == {"all"} | set(vqa["test"]["question_type"])
+            combinations = {"held_out" if held_out else "seen" for held_out in vqa["test"]["held_out"]}
+            assert set(evaluation["test"]) == {"all"} | set(vqa["test"]["question_type"]) | combinations
             assert all(0.0 <= value <= 100.0 for value in evaluation["test"].values())
             assert math.isfinite(evaluation["loss"])
+
+    classifier = main(["--work_dir", str(work), "--readout", "transformer", "--layers", "1", "--learning_rates", "1e-3",
+                       "--steps", "2", "--eval_every", "2", "--batch_size", "4"])  # fmt: skip
+    [evaluation] = classifier["transformer, lr 0.001"]
+    assert evaluation["step"] == 2 and set(evaluation["test"]) >= {"all"} | set(vqa["test"]["question_type"])
