@@ -23,13 +23,19 @@ is in the image, before Q-GCAM and the decoder read it?
     raw tower cells, its visual tokens (`get_image_features(pixel_values).pooler_output`, the adapter's output) and
     the stage-1 BreezeCLIP's raw tower cells (with `--breezeclip`); with the majority-class baselines, over all cells
     and over the cells holding an object.
-(c) The read-out from perfect object tokens is `benchmarks/oracle_readout.py`.
+(c) With `--teacher`, what stage 1's crop distillation can pass on: the teacher's zero-shot size, colour and shape of
+    the object centred in each cell, from its embedding of the window around the cell (`cell_windows`, `--crop_window`
+    times the image's side) against its embeddings of every "a {size} {colour} {shape}"; over the test scenes' cells
+    holding one object's centre.
+(d) The read-out from perfect object tokens is `benchmarks/oracle_readout.py`.
 
 Train scenes come from the `train` split (those the model was trained on), test scenes from the `test` split, both
 with `--seed`; `--held_out_fraction` 0 keeps the test scenes in the training distribution. Prints Markdown tables.
 """
 
 import argparse
+import collections
+import itertools
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -48,6 +54,7 @@ from modeling_bcqlm import (
     BcQLMProcessor,
     BreezeCLIPModel,
 )
+from modeling_bcqlm.data.images import cell_windows
 from modeling_bcqlm.data.synthetic_shapes import (
     ATTRIBUTE_VALUES,
     ATTRIBUTES,
@@ -356,6 +363,25 @@ def probes(model, image_processor, train: list, test: list, image_size: int, ste
     return results
 
 
+def window_zero_shot(teacher: DualEncoder, images: list, scenes: list, grid: tuple, window: float) -> dict:
+    """(c) of the module's docstring: the share of object cells whose size, colour, shape and all three are right."""
+    combinations = list(itertools.product(*(ATTRIBUTE_VALUES[attribute] for attribute in ATTRIBUTES)))
+    texts = teacher.embed_texts([f"a {' '.join(combination)}" for combination in combinations])
+    correct, cells = collections.Counter(), 0
+    for image, scene in zip(images, scenes):
+        labels = cell_labels(scene, grid, image.width)
+        guesses = (teacher.embed_images(cell_windows(image, grid[0], window)) @ texts.T).argmax(-1).tolist()
+        for cell, guess in enumerate(guesses):
+            truth = tuple(labels[attribute][cell] for attribute in ATTRIBUTES)
+            if None in truth or NONE in truth:
+                continue
+            cells += 1
+            guessed = combinations[guess]
+            correct.update(attribute for attribute, value, other in zip(ATTRIBUTES, truth, guessed) if value == other)
+            correct["all"] += truth == guessed
+    return {"cells": cells, **{key: correct[key] / max(1, cells) for key in (*ATTRIBUTES, "all")}}
+
+
 def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
@@ -388,6 +414,12 @@ def markdown(results: dict) -> str:
     lines.append(_row(["majority class", "", *figures(next(iter(representations.values())), "majority_baseline")]))
     for name, entry in representations.items():
         lines.append(_row([name, entry["dims"], *figures(entry, "accuracy")]))
+    if results.get("teacher_windows"):
+        windows = results["teacher_windows"]
+        lines += ["", _row(["teacher's zero-shot attributes of the window around each object cell", "cells",
+                            *ATTRIBUTES, "all three"])]  # fmt: skip
+        lines += ["|---|" + "---:|" * (len(ATTRIBUTES) + 2)]
+        lines.append(_row(["", windows["cells"], *(_percent(windows[key]) for key in (*ATTRIBUTES, "all"))]))
     return "\n".join(lines)
 
 
@@ -422,6 +454,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--held_out_fraction", type=float, default=0.0, help="test scenes' (synthetic_shapes)")
     parser.add_argument("--negatives_per_kind", type=int, default=3, help="hard negatives per test scene and kind")
     parser.add_argument("--probe_steps", type=int, default=300)
+    parser.add_argument("--crop_window", type=float, default=0.5, help="(c)'s windows, as a fraction of the image side")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default=None, help="write the results as JSON here")
@@ -463,6 +496,9 @@ def main(argv: list[str] | None = None) -> dict:
         ),
         "oracle_readout": "benchmarks/oracle_readout.py (benchmarks/README.md, Oracle read-out)",
     }
+    if "teacher" in encoders:
+        grid, window = tuple(results["probes"]["grid"]), args.crop_window
+        results["teacher_windows"] = window_zero_shot(encoders["teacher"], test_images, test_scenes, grid, window)
     print(markdown(results))
     if args.output:
         write_json(results, Path(args.output))

@@ -346,6 +346,34 @@ def test_stage_probe_cell_labels():
     assert labels["size"] == ["small", "large", None, NONE]
 
 
+def test_teacher_window_zero_shot_scores_each_attribute_of_the_centred_object():
+    from PIL import Image
+
+    from benchmarks.stage_probes import window_zero_shot
+    from modeling_bcqlm.data.synthetic_shapes import SceneObject
+
+    class GuessesSmallRedCircle:
+        """A teacher that embeds each text as its index and every window as "a small red circle"."""
+
+        def embed_texts(self, texts):
+            self.red_circle = texts.index("a small red circle")
+            return torch.eye(len(texts))
+
+        def embed_images(self, windows):
+            assert len(windows) == 4 and windows[0].size == (48, 48)  # half the side around each cell of 2 x 2
+            return torch.eye(30)[[self.red_circle] * len(windows)]
+
+    scenes = [
+        [SceneObject("circle", "red", "small", 10, 10, 8), SceneObject("square", "red", "large", 60, 20, 16)],
+        [SceneObject("circle", "blue", "small", 70, 70, 8),  # and two centres in one cell, left out:
+         SceneObject("circle", "red", "small", 10, 60, 8), SceneObject("circle", "red", "small", 30, 80, 8)],
+    ]  # fmt: skip
+    images = [Image.new("RGB", (96, 96), "white")] * 2
+    result = window_zero_shot(GuessesSmallRedCircle(), images, scenes, (2, 2), 0.5)
+    # Object cells: small red circle, large red square, small blue circle.
+    assert result == {"cells": 3, "size": 2 / 3, "colour": 2 / 3, "shape": 2 / 3, "all": 1 / 3}
+
+
 def test_stage_probes_on_tiny_models(bcqlm_folder, tmp_path):
     from benchmarks.stage_probes import PROBE_ATTRIBUTES, main
 
@@ -364,6 +392,10 @@ def test_stage_probes_on_tiny_models(bcqlm_folder, tmp_path):
     assert json.loads((tmp_path / "probes.json").read_text()) == jsonable(results)
 
     assert set(results["retrieval"]) == {"bcqlm", "stage 1", "teacher"}
+    windows = results["teacher_windows"]
+    object_cells = results["probes"]["representations"]["cell pixels"]["colour"]["object_cells"]
+    assert windows["cells"] == object_cells["test_cells"]  # the same cells as the probes' object cells
+    assert all(0.0 <= windows[key] <= 1.0 for key in ("size", "colour", "shape", "all"))
     for entry in results["retrieval"].values():
         assert list(entry["kinds"]) == list(NEGATIVE_KINDS)
         for kind, values in entry["kinds"].items():
