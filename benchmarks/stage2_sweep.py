@@ -14,11 +14,17 @@ training batches.
 
 `--readout transformer` trains a plain transformer classifier (`oracle_readout.py`'s, fresh weights) on the same
 frozen cells and question tokens instead: what a read-out with bidirectional attention over the cells and no decoder
-learns from what BreezeCLIP gives, to tell the read-out's limits from the features'.
+learns from what BreezeCLIP gives, to tell the read-out's limits from the features'. `--cell_extras` appends values
+to each cell for it, to find what the cells lack: from the scene, on the cell holding each object's centre, a flag
+(`centre`), with the object's one-hot shape (`centre_shape`) or size, colour and shape (`centre_attributes`); from the
+CLIP teacher (`--teacher`, default `W/teacher`), its zero-shot size, colour and shape of the window around each cell
+(`cell_windows`, half the image's side; softmax over the captions "a {size} {colour} {shape}", summed per value) on
+every cell (`teacher_windows`) or, with the flag, on the centre cells only (`teacher_centre`).
 """
 
 import argparse
 import collections
+import itertools
 import json
 import math
 import time
@@ -26,10 +32,18 @@ import time
 import datasets
 import torch
 import torch.nn.functional as F
+from transformers import CLIPModel, CLIPProcessor
 
 from benchmarks.oracle_readout import TransformerReadout
 from modeling_bcqlm import BcQLMConfig, BcQLMForConditionalGeneration, BcQLMProcessor
+from modeling_bcqlm.data.images import cell_windows
+from modeling_bcqlm.data.synthetic_shapes import ATTRIBUTE_VALUES, ATTRIBUTES
 from modeling_bcqlm.training import BcQLMVQACollator
+
+
+CELL_EXTRAS = ("centre", "centre_shape", "centre_attributes", "teacher_windows", "teacher_centre")
+# The one-hot size, colour and shape values, in `ATTRIBUTES` order.
+VALUES = [(attribute, value) for attribute in ATTRIBUTES for value in ATTRIBUTE_VALUES[attribute]]
 
 
 class ImageLastProcessor:
@@ -44,13 +58,67 @@ class ImageLastProcessor:
         return self.processor(images=images, text=prompts, questions=text, **kwargs)
 
 
+def oracle_cell_values(scene_json: str, grid: int, image_size: int) -> torch.Tensor:
+    """`(grid * grid, 1 + len(VALUES))`: on the cell holding each object's centre 1 and its one-hot values, else 0."""
+    values = torch.zeros(grid * grid, 1 + len(VALUES))
+    for obj in json.loads(scene_json):
+        cell = (obj["y"] * grid // image_size) * grid + obj["x"] * grid // image_size
+        values[cell, 0] = 1.0
+        for attribute in ATTRIBUTES:
+            values[cell, 1 + VALUES.index((attribute, obj[attribute]))] = 1.0
+    return values
+
+
+class TeacherWindowScores:
+    """The CLIP teacher's zero-shot size, colour and shape scores of the window around each cell of an image."""
+
+    def __init__(self, teacher_dir: str, grid: int):
+        self.model = CLIPModel.from_pretrained(teacher_dir).eval()
+        self.processor = CLIPProcessor.from_pretrained(teacher_dir)
+        self.grid = grid
+        combinations = list(itertools.product(*(ATTRIBUTE_VALUES[attribute] for attribute in ATTRIBUTES)))
+        captions = self.processor(text=[f"a {' '.join(c)}" for c in combinations], padding=True, return_tensors="pt")
+        with torch.no_grad():
+            self.captions = F.normalize(self.model.get_text_features(**captions).pooler_output, dim=-1)
+        # (combinations, values): which values each caption names
+        self.marginals = torch.tensor([[float(value in c) for _, value in VALUES] for c in combinations])
+
+    @torch.no_grad()
+    def __call__(self, image) -> torch.Tensor:
+        """`(grid * grid, len(VALUES))`: per cell, the softmax over the captions summed per value."""
+        pixel_values = self.processor(images=cell_windows(image, self.grid, 0.5), return_tensors="pt")["pixel_values"]
+        windows = F.normalize(self.model.get_image_features(pixel_values=pixel_values).pooler_output, dim=-1)
+        return (self.model.logit_scale.exp() * windows @ self.captions.T).softmax(-1) @ self.marginals
+
+
+def cell_extras(kind: str, row: dict, grid: int, teacher: TeacherWindowScores | None) -> torch.Tensor:
+    """`(grid * grid, size)`: the values `--cell_extras kind` appends to the cells of `row`'s image."""
+    oracle = oracle_cell_values(row["scene"], grid, row["image"].width)
+    if kind == "centre":
+        return oracle[:, :1]
+    if kind == "centre_shape":
+        return oracle[:, [0] + [1 + VALUES.index(("shape", shape)) for shape in ATTRIBUTE_VALUES["shape"]]]
+    if kind == "centre_attributes":
+        return oracle
+    scores = teacher(row["image"].convert("RGB"))
+    return scores if kind == "teacher_windows" else torch.cat([oracle[:, :1], scores * oracle[:, :1]], -1)
+
+
 @torch.no_grad()
-def cached_batches(model, collator, rows: datasets.Dataset, batch_size: int) -> list[dict]:
-    """Collated batches of `rows` in order, with BreezeCLIP's image and question features in place of the inputs."""
+def cached_batches(model, collator, rows: datasets.Dataset, batch_size: int, extras=None) -> list[dict]:
+    """
+    Collated batches of `rows` in order, with BreezeCLIP's image and question features in place of the inputs; with
+    `extras` (a row's image's cell values `(cells, size)`), `cell_extras` `(num_images, cells, size)` too.
+    """
     batches = []
     for start in range(0, len(rows), batch_size):
         chunk = rows.select(range(start, min(len(rows), start + batch_size)))
         batch = collator(list(chunk))
+        if extras is not None:
+            first_rows = {}
+            for row, image in enumerate(batch["image_indices"].tolist()):
+                first_rows.setdefault(image, row)
+            batch["cell_extras"] = torch.stack([extras(chunk[first_rows[image]]) for image in sorted(first_rows)])
         patches = model.model.breezeclip.get_image_features(batch.pop("pixel_values")).last_hidden_state
         tokens, pooled, mask = model.model.get_question_features(
             batch["question_input_ids"], batch["question_attention_mask"]
@@ -106,12 +174,13 @@ class CellClassifierReadout:
 
     def __init__(self, work_dir: str, num_layers: int, train: list[dict]):
         config = BcQLMConfig.from_pretrained(f"{work_dir}/composed").breezeclip_config
+        extras = train[0]["cell_extras"].shape[-1] if "cell_extras" in train[0] else 0
         self.answers = {}
         for batch in train:
             for answer in self._answer_ids(batch):
                 self.answers.setdefault(answer, len(self.answers))
         self.network = TransformerReadout(
-            config.text_config.vocab_size, len(self.answers), num_layers, token_size=config.projection_dim
+            config.text_config.vocab_size, len(self.answers), num_layers, token_size=config.projection_dim + extras
         )
 
     @staticmethod
@@ -125,7 +194,10 @@ class CellClassifierReadout:
         self.network.train(mode)
 
     def _logits(self, batch: dict) -> torch.Tensor:
-        cells = batch["patches"][batch["image_indices"]]
+        cells = batch["patches"]
+        if "cell_extras" in batch:
+            cells = torch.cat([cells, batch["cell_extras"]], -1)
+        cells = cells[batch["image_indices"]]
         padding = torch.zeros(cells.shape[:2], dtype=torch.bool)
         return self.network(cells, batch["question_input_ids"], batch["question_attention_mask"], padding)
 
@@ -184,6 +256,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="`transformer`: a plain transformer classifier on the same frozen features instead of stage 2's read-out.",
     )
     parser.add_argument("--layers", type=int, default=4, help="Encoder layers of `--readout transformer`.")
+    parser.add_argument("--cell_extras", choices=CELL_EXTRAS, help="Values added to `--readout transformer`'s cells.")
+    parser.add_argument("--teacher", help="The CLIP teacher of `--cell_extras teacher_*` (default: `W/teacher`).")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--warmup_steps", type=int, default=100)
     parser.add_argument("--batch_size", type=int, default=32)
@@ -202,11 +276,23 @@ def main(argv: list[str] | None = None) -> dict:
     model = BcQLMForConditionalGeneration.from_pretrained(f"{args.work_dir}/composed").eval()
     processor = BcQLMProcessor.from_pretrained(f"{args.work_dir}/composed")
     vqa = datasets.load_from_disk(f"{args.work_dir}/vqa")
+    extras = None
+    if args.cell_extras:
+        if args.readout != "transformer":
+            raise ValueError("`--cell_extras` feeds the cells of `--readout transformer`; add `--readout transformer`.")
+        grid = math.isqrt(model.config.image_seq_length)
+        teacher = None
+        if args.cell_extras.startswith("teacher"):
+            teacher = TeacherWindowScores(args.teacher or f"{args.work_dir}/teacher", grid)
+
+        def extras(row):
+            return cell_extras(args.cell_extras, row, grid, teacher)
+
     results = {}
     for placement in ("first", "last") if args.image_last and args.readout == "bcqlm" else ("first",):
         collator = BcQLMVQACollator(processor if placement == "first" else ImageLastProcessor(processor))
-        train = cached_batches(model, collator, vqa["train"], args.batch_size)
-        test = cached_batches(model, collator, vqa["test"], 100)
+        train = cached_batches(model, collator, vqa["train"], args.batch_size, extras)
+        test = cached_batches(model, collator, vqa["test"], 100, extras)
         for learning_rate in args.learning_rates:
             torch.manual_seed(args.seed)
             if args.readout == "bcqlm":

@@ -563,7 +563,29 @@ def test_stage2_sweep_on_a_tiny_work_dir(bcqlm_folder, tmp_path):
             assert all(0.0 <= value <= 100.0 for value in evaluation["test"].values())
             assert math.isfinite(evaluation["loss"])
 
-    classifier = main(["--work_dir", str(work), "--readout", "transformer", "--layers", "1", "--learning_rates", "1e-3",
-                       "--steps", "2", "--eval_every", "2", "--batch_size", "4"])  # fmt: skip
-    [evaluation] = classifier["transformer, lr 0.001"]
-    assert evaluation["step"] == 2 and set(evaluation["test"]) >= {"all"} | set(vqa["test"]["question_type"])
+    teacher, teacher_processor = make_tiny_clip_teacher()
+    for part in (teacher, teacher_processor):
+        part.save_pretrained(work / "teacher")
+    for extras in (None, "teacher_centre"):
+        classifier = main(["--work_dir", str(work), "--readout", "transformer", "--layers", "1", "--learning_rates",
+                           "1e-3", "--steps", "2", "--eval_every", "2", "--batch_size", "4"]
+                          + (["--cell_extras", extras] if extras else []))  # fmt: skip
+        [evaluation] = classifier["transformer, lr 0.001"]
+        assert evaluation["step"] == 2 and set(evaluation["test"]) >= {"all"} | set(vqa["test"]["question_type"])
+    with pytest.raises(ValueError, match="--readout transformer"):
+        main(["--work_dir", str(work), "--cell_extras", "centre", "--steps", "1"])
+
+
+def test_stage2_sweep_oracle_cell_values_sit_on_each_centre_cell():
+    from benchmarks.stage2_sweep import VALUES, oracle_cell_values
+
+    scene = json.dumps([
+        {"shape": "circle", "colour": "red", "size": "small", "x": 10, "y": 10, "radius": 8},  # top left
+        {"shape": "triangle", "colour": "blue", "size": "large", "x": 30, "y": 70, "radius": 16},  # bottom left
+    ])  # fmt: skip
+    values = oracle_cell_values(scene, 2, 96)
+    assert values.shape == (4, 1 + len(VALUES)) and not values[[1, 3]].any()
+    for cell, named in ((0, {("size", "small"), ("colour", "red"), ("shape", "circle")}),
+                        (2, {("size", "large"), ("colour", "blue"), ("shape", "triangle")})):  # fmt: skip
+        assert values[cell, 0] == 1.0
+        assert {VALUES[index] for index in values[cell, 1:].nonzero().flatten().tolist()} == named
