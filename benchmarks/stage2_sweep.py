@@ -24,7 +24,6 @@ every cell (`teacher_windows`) or, with the flag, on the centre cells only (`tea
 
 import argparse
 import collections
-import itertools
 import json
 import math
 import time
@@ -35,8 +34,8 @@ import torch.nn.functional as F
 from transformers import CLIPModel, CLIPProcessor
 
 from benchmarks.oracle_readout import TransformerReadout
+from benchmarks.stage_probes import COMBINATION_CAPTIONS, COMBINATIONS, DualEncoder, window_caption_similarities
 from modeling_bcqlm import BcQLMConfig, BcQLMForConditionalGeneration, BcQLMProcessor
-from modeling_bcqlm.data.images import cell_windows
 from modeling_bcqlm.data.synthetic_shapes import ATTRIBUTE_VALUES, ATTRIBUTES
 from modeling_bcqlm.training import BcQLMVQACollator
 
@@ -73,22 +72,18 @@ class TeacherWindowScores:
     """The CLIP teacher's zero-shot size, colour and shape scores of the window around each cell of an image."""
 
     def __init__(self, teacher_dir: str, grid: int):
-        self.model = CLIPModel.from_pretrained(teacher_dir).eval()
-        self.processor = CLIPProcessor.from_pretrained(teacher_dir)
-        self.grid = grid
-        combinations = list(itertools.product(*(ATTRIBUTE_VALUES[attribute] for attribute in ATTRIBUTES)))
-        captions = self.processor(text=[f"a {' '.join(c)}" for c in combinations], padding=True, return_tensors="pt")
-        with torch.no_grad():
-            self.captions = F.normalize(self.model.get_text_features(**captions).pooler_output, dim=-1)
+        processor = CLIPProcessor.from_pretrained(teacher_dir)
+        model = CLIPModel.from_pretrained(teacher_dir).eval()
+        self.teacher = DualEncoder(model, processor.image_processor, processor.tokenizer)
+        self.grid, self.logit_scale = grid, model.logit_scale.exp().item()
+        self.captions = self.teacher.embed_texts(COMBINATION_CAPTIONS)
         # (combinations, values): which values each caption names
-        self.marginals = torch.tensor([[float(value in c) for _, value in VALUES] for c in combinations])
+        self.marginals = torch.tensor([[float(value in c) for _, value in VALUES] for c in COMBINATIONS])
 
-    @torch.no_grad()
     def __call__(self, image) -> torch.Tensor:
         """`(grid * grid, len(VALUES))`: per cell, the softmax over the captions summed per value."""
-        pixel_values = self.processor(images=cell_windows(image, self.grid, 0.5), return_tensors="pt")["pixel_values"]
-        windows = F.normalize(self.model.get_image_features(pixel_values=pixel_values).pooler_output, dim=-1)
-        return (self.model.logit_scale.exp() * windows @ self.captions.T).softmax(-1) @ self.marginals
+        similarities = window_caption_similarities(self.teacher, image, self.grid, 0.5, self.captions)
+        return (self.logit_scale * similarities).softmax(-1) @ self.marginals
 
 
 def cell_extras(kind: str, row: dict, grid: int, teacher: TeacherWindowScores | None) -> torch.Tensor:

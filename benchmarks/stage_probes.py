@@ -363,14 +363,23 @@ def probes(model, image_processor, train: list, test: list, image_size: int, ste
     return results
 
 
+# Every (size, colour, shape) and its caption, "a small red circle".
+COMBINATIONS = list(itertools.product(*(ATTRIBUTE_VALUES[attribute] for attribute in ATTRIBUTES)))
+COMBINATION_CAPTIONS = [f"a {' '.join(combination)}" for combination in COMBINATIONS]
+
+
+def window_caption_similarities(teacher: DualEncoder, image, grid: int, window: float, captions: torch.Tensor):
+    """`(grid * grid, captions)`: cosine similarities of the teacher's embedding of each cell's window to `captions`."""
+    return teacher.embed_images(cell_windows(image, grid, window)) @ captions.T
+
+
 def window_zero_shot(teacher: DualEncoder, images: list, scenes: list, grid: tuple, window: float) -> dict:
     """(c) of the module's docstring: the share of object cells whose size, colour, shape and all three are right."""
-    combinations = list(itertools.product(*(ATTRIBUTE_VALUES[attribute] for attribute in ATTRIBUTES)))
-    texts = teacher.embed_texts([f"a {' '.join(combination)}" for combination in combinations])
+    combinations, texts = COMBINATIONS, teacher.embed_texts(COMBINATION_CAPTIONS)
     correct, cells = collections.Counter(), 0
     for image, scene in zip(images, scenes):
         labels = cell_labels(scene, grid, image.width)
-        guesses = (teacher.embed_images(cell_windows(image, grid[0], window)) @ texts.T).argmax(-1).tolist()
+        guesses = window_caption_similarities(teacher, image, grid[0], window, texts).argmax(-1).tolist()
         for cell, guess in enumerate(guesses):
             truth = tuple(labels[attribute][cell] for attribute in ATTRIBUTES)
             if None in truth or NONE in truth:
