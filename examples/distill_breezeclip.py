@@ -10,7 +10,8 @@ The data file (`.jsonl`, `.csv` or `.json`) holds an image path and a caption pe
 `--student_name_or_path` (a BreezeCLIP folder) or is built fresh from `--student_config` (default: the paper's
 BreezeCLIP). `--patch_distillation_weight` adds the distance between each cell of the student's image features and the
 teacher's patch tokens pooled to it; `--crop_distillation_weight` the distance to the teacher's image embedding of a
-window around the cell (`--crop_window` of the image side; needs `--precompute_teacher_embeddings`). The output
+window around the cell (`--crop_window` of the image side; needs `--precompute_teacher_embeddings`), or with
+`--box_column` (each row's object boxes) of the object centred in the cell, shown alone. The output
 folder holds the student (`BreezeCLIPModel`), its image processor and
 tokenizer, the checkpoints (student only; never the teacher) and `all_results.json`. Runs under `accelerate launch` as
 well.
@@ -50,6 +51,13 @@ class DistillationScriptArguments:
     )
     image_column: str = field(default="image", metadata={"help": "Column of the image paths."})
     caption_column: str = field(default="caption", metadata={"help": "Column of the captions."})
+    box_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Column of each image's object boxes ([[x0, y0, x1, y1], ...] in pixels): crop distillation then "
+            "shows the teacher each object alone, on the cell holding its centre, and a blank window on the others."
+        },
+    )
     on_missing_image: str = field(
         default="raise", metadata={"help": "'raise' or 'skip' rows whose image is missing or unreadable."}
     )
@@ -131,6 +139,8 @@ def main(argv: list[str] | None = None) -> dict:
             "--crop_distillation_weight needs --precompute_teacher_embeddings: the teacher embeds a window around "
             "every cell of every image once, before training."
         )
+    if script_args.box_column and not distil_crops:
+        raise ValueError("--box_column places the windows of crop distillation: set --crop_distillation_weight too.")
     teacher_patch_dim = teacher.config.vision_config.hidden_size if distil_patches else None
     model, image_processor, tokenizer = load_student(script_args, teacher.config.projection_dim, teacher_patch_dim)
 
@@ -141,6 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
             script_args.image_column,
             script_args.caption_column,
             on_missing_image=script_args.on_missing_image,
+            box_column=script_args.box_column,
         )
 
     train_dataset = load(script_args.train_file)
@@ -166,6 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
                     patch_grid=patch_grid(model) if distil_patches else None,
                     crop_grid=patch_grid(model) if distil_crops else None,
                     crop_window=training_args.crop_window,
+                    box_column="boxes" if script_args.box_column else None,
                 )
                 if dataset is not None
                 else None

@@ -12,15 +12,18 @@
    cell holds (pooled embeddings alone, or with the student's own contrastive and affinity losses, leave the cells
    blind to colour). The student sees 64 px images (output stride 16: the same 4 x 4 map at a third of the cost).
    The teacher also learns each shape's own caption from a window around it (`make_synthetic_region_captions`), and
-   stage 1 distils its embedding of the window around each cell too (crop distillation): what a CLIP teacher learns
-   of shape sits in its pooled embedding, not in its patch tokens (`--no-region_distillation` leaves both out).
+   stage 1 distils its embedding of each shape, shown alone, into the cell holding the shape's centre, and of a blank
+   window into the other cells (crop distillation with the shapes' boxes): what a CLIP teacher learns of shape sits in
+   its pooled embedding, not in its patch tokens, and each shape's on one cell binds its attributes to one visual
+   token (`--no-object_windows`: the window around every cell instead; `--no-region_distillation` leaves both out).
 5. The decoder (a small `LlamaForCausalLM`) learns the language of the prompts and answers as a causal LM on the
    training questions and answers (text only).
 6. `conversion/compose_bcqlm.py` assembles BcQLM from the two; stage 2 (`examples/train_vqa.py`) trains it on the VQA
    data with the recipe of `--recipe` (default `frozen_vision`: BreezeCLIP frozen as stage 1 left it, the rest trained;
    `full` trains BreezeCLIP too, and the question loss then wipes the colour out of its cells before the read-out
-   learns to use it). Each image's questions stay together in the shuffled training order, so that a batch runs the
-   image tower once per image (`order_by_image`).
+   learns to use it), at lr 5e-4 for 12,000 steps of 32 over 48,000 images, so that few images come back (with fewer
+   images shown more often the read-out learns them by heart). Each image's questions stay together in the shuffled
+   training order, so that a batch runs the image tower once per image (`order_by_image`).
 7. `examples/evaluate_vqa.py` scores it on the test split, all of it and its held-out combinations apart.
 
 `--quick` runs every step on a few examples for a smoke test. `--work_dir` keeps the intermediate folders.
@@ -79,7 +82,7 @@ IMAGE_SIZE = 128
 STUDENT_IMAGE_SIZE = 64
 PROJECTION_DIM = 64
 # Side of the windows of `--region_distillation`, as a fraction of the image: two cells of the student's 4 x 4 grid, so
-# that a window centred on a cell holds a large shape whose centre lies anywhere in it.
+# that a window centred on a cell holds a large shape whose centre lies anywhere in it (or a large one whole).
 CROP_WINDOW = 0.5
 STUDENT_CONFIG = {
     "vision_config": {
@@ -148,13 +151,17 @@ def run_main(script: str, *args) -> None:
 
 
 def write_caption_file(captions: datasets.Dataset, folder: Path) -> Path:
-    """Save the images as PNG files beside a `captions.jsonl` naming them, the input of `distill_breezeclip.py`."""
+    """
+    Save the images as PNG files beside a `captions.jsonl` naming them, with their captions and shapes' boxes: the
+    input of `distill_breezeclip.py`.
+    """
     (folder / "images").mkdir(parents=True, exist_ok=True)
     rows = captions.cast_column("image", datasets.Image(decode=False))
     with open(folder / "captions.jsonl", "w") as f:
         for index, row in enumerate(rows):
             (folder / "images" / f"{index}.png").write_bytes(row["image"]["bytes"])
-            f.write(json.dumps({"image": f"images/{index}.png", "caption": row["caption"]}) + "\n")
+            line = {"image": f"images/{index}.png", "caption": row["caption"], "boxes": row["boxes"]}
+            f.write(json.dumps(line) + "\n")
     return folder / "captions.jsonl"
 
 
@@ -232,6 +239,7 @@ def make_data(args, work: Path) -> tuple[datasets.DatasetDict, datasets.Dataset,
 
 def teacher_captions(args, captions: datasets.Dataset) -> datasets.Dataset:
     """The teacher's image-caption pairs: the scenes' captions and, with region distillation, each shape's own."""
+    captions = captions.select_columns(["image", "caption"])
     if not args.region_distillation:
         return captions
     regions = make_synthetic_region_captions(
@@ -284,6 +292,7 @@ def distill_breezeclip(args, work: Path, caption_file: Path, question_tokenizer:
         "--patch_distillation_weight", "1.0",
         "--crop_distillation_weight", "1.0" if args.region_distillation else "0",
         "--crop_window", CROP_WINDOW,
+        *(("--box_column", "boxes") if args.region_distillation and args.object_windows else ()),
         "--num_train_epochs", args.distillation_epochs,
         "--per_device_train_batch_size", "64",
         "--learning_rate", "2e-3",
@@ -329,7 +338,7 @@ def train_bcqlm(args, work: Path) -> None:
         "--train_sampling_strategy", "sequential",  # the order of `order_by_image`
         "--num_train_epochs", args.vqa_epochs,
         "--per_device_train_batch_size", "32",
-        "--learning_rate", "1e-3",
+        "--learning_rate", "5e-4",
         "--warmup_steps", "100",
         "--lr_scheduler_type", "cosine",
         "--save_strategy", "no", "--logging_steps", "50", "--report_to", "none", "--use_cpu", "--seed", args.seed,
@@ -366,7 +375,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", required=True, help="Where the trained model and its processor are written.")
     parser.add_argument("--work_dir", help="Folder of the intermediate data and models (default: a temporary one).")
-    parser.add_argument("--train_images", type=int, default=16000)
+    parser.add_argument("--train_images", type=int, default=48000, help="Images of stage 2's questions.")
     parser.add_argument("--caption_images", type=int, default=2000, help="Images of the teacher's and stage 1's captions.")
     parser.add_argument("--test_images", type=int, default=400)
     parser.add_argument("--questions_per_image", type=int, default=5)
@@ -377,7 +386,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--distillation_epochs", type=float, help="Epochs of stage 1 (default 16; 8 without region distillation)."
     )
     parser.add_argument("--decoder_epochs", type=float, default=0.25)
-    parser.add_argument("--vqa_epochs", type=float, default=3)
+    parser.add_argument("--vqa_epochs", type=float, default=1.6, help="Epochs of stage 2 (12,000 steps of 32).")
     parser.add_argument(
         "--recipe", choices=("stage2", "frozen_vision", "full"), default="frozen_vision", help="What stage 2 trains."
     )
@@ -392,6 +401,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=True,
         help="Train the teacher on each shape's own caption too, and distil its embedding of a window around each cell "
         "(default; --no-region_distillation: the patch tokens only, the previous recipe).",
+    )
+    parser.add_argument(
+        "--object_windows",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Region distillation's window of each cell shows the shape centred in it alone, a blank one where none "
+        "is (default; --no-object_windows: the window around every cell, neighbours included).",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="A few examples and steps: a smoke test of every step.")

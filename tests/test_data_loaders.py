@@ -496,3 +496,22 @@ def test_load_caption_file(tmp_path, caplog):
     assert dataset[0]["image"].getpixel((0, 0)) == (255, 0, 0)
     with pytest.raises(ValueError, match="Row 0 of .* has no caption"):
         load_caption_file(str(path), str(images), image_column="file")
+
+
+def test_load_caption_file_keeps_valid_object_boxes(tmp_path):
+    write_image(tmp_path / "red.png")
+    path = tmp_path / "captions.jsonl"
+    rows = [
+        {"image": "red.png", "caption": "a red square", "regions": [[0, 1, 4, 5.5], [2, 2, 3, 3]]},
+        {"image": "red.png", "caption": "nothing boxed", "regions": []},
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    dataset = load_caption_file(str(path), box_column="regions")
+    assert dataset["boxes"] == [[[0.0, 1.0, 4.0, 5.5], [2.0, 2.0, 3.0, 3.0]], []]
+    assert load_caption_file(str(path)).column_names == ["image", "caption"]
+    for bad in ([[4, 1, 0, 5]], [[0, 1, 4]], "0 1 4 5"):
+        path.write_text(json.dumps({**rows[0], "regions": bad}) + "\n")
+        with pytest.raises(ValueError, match=r"Row 0 of .*\[x0, y0, x1, y1\]"):
+            load_caption_file(str(path), box_column="regions")
+    with pytest.raises(ValueError, match="Row 0 of .* has no boxes"):
+        load_caption_file(str(path), box_column="boxes")

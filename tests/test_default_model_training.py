@@ -84,23 +84,30 @@ def test_vary_style_draws_the_training_scenes_in_other_styles_and_keeps_the_test
     assert caption_images and not any(colours(Image.open(path)) <= palette for path in caption_images)
 
 
-def test_region_distillation_distils_the_teachers_embedding_of_each_cells_window(tmp_path):
+def test_region_distillation_distils_the_teachers_embedding_of_each_shape_on_its_cell(tmp_path):
     import datasets
     import torch
     from transformers import CLIPModel, CLIPProcessor
 
-    from modeling_bcqlm.data.images import cell_windows
+    from modeling_bcqlm.data.images import object_windows
+    from modeling_bcqlm.data.synthetic_shapes import make_synthetic_scenes
 
     run_quick(tmp_path)
     work = tmp_path / "work"
     cache = next((work / "breezeclip" / "teacher_embeddings").glob("*.arrow"))
     row = datasets.Dataset.from_file(str(cache))[0]
+    caption = json.loads((work / "captions" / "captions.jsonl").read_text().splitlines()[0])
+    # The boxes are those of the scene's shapes (128 px scenes, the recipe's), each centred on its shape.
+    scene, _ = make_synthetic_scenes(1, seed=0, image_size=128)[0]
+    centres = sorted(((x0 + x1) / 2, (y0 + y1) / 2) for x0, y0, x1, y1 in caption["boxes"])
+    assert centres == sorted((obj.x + 0.5, obj.y + 0.5) for obj in scene)
     teacher, teacher_processor = (part.from_pretrained(work / "teacher") for part in (CLIPModel, CLIPProcessor))
-    windows = cell_windows(Image.open(work / "captions" / "images" / "0.png").convert("RGB"), 4, 0.5)
+    image = Image.open(work / "captions" / caption["image"]).convert("RGB")
+    windows = object_windows(image, caption["boxes"], 4, 0.5)
     with torch.no_grad():
         pixel_values = teacher_processor(images=windows, return_tensors="pt")["pixel_values"]
         expected = teacher.get_image_features(pixel_values=pixel_values).pooler_output
     torch.testing.assert_close(torch.tensor(row["teacher_crop_embeds"]), expected, rtol=1e-4, atol=1e-5)
     assert isinstance(AutoModel.from_pretrained(tmp_path / "model"), BcQLMForConditionalGeneration)
     arguments = json.loads((tmp_path / "model" / "training_results.json").read_text())["arguments"]
-    assert arguments["region_distillation"] is True
+    assert arguments["region_distillation"] is True and arguments["object_windows"] is True

@@ -332,6 +332,24 @@ def test_captions_name_objects_left_to_right(train_dataset):
     assert len({re.sub(r"^\w+ shapes?:", "number:", opening) for opening in openings}) >= 3, openings
 
 
+def test_caption_boxes_frame_each_drawn_shape():
+    captions = make_synthetic_captions(20, seed=3, image_size=128)
+    for image, boxes in zip(captions["image"], captions["boxes"]):
+        pixels = np.asarray(image.convert("RGB"))
+        shapes = [shape for rgb in COLOURS.values() for shape in components((pixels == rgb).all(axis=-1))]
+        assert len(boxes) == len(shapes) > 0
+        for shape in shapes:  # (pixels, 2) of (y, x)
+            (top, left), (bottom, right) = shape.min(axis=0), shape.max(axis=0)
+            # One box holds the shape whole and has its centre within the shape's extent.
+            centred = [
+                (x0, y0, x1, y1)
+                for x0, y0, x1, y1 in boxes
+                if x0 <= left and y0 <= top and right < x1 and bottom < y1
+                and left <= (x0 + x1) / 2 <= right + 1 and top <= (y0 + y1) / 2 <= bottom + 1
+            ]
+            assert len(centred) == 1, (boxes, (left, top, right, bottom))
+
+
 def test_region_captions_name_the_shape_their_window_is_centred_on():
     scenes = [scene for scene, _ in make_synthetic_scenes(12, seed=7)]
     objects = [obj for scene in scenes for obj in scene]

@@ -14,7 +14,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from modeling_bcqlm import BreezeCLIPModel
-from modeling_bcqlm.data.images import cell_windows, crop_window
+from modeling_bcqlm.data.images import cell_windows, crop_window, object_windows
 from modeling_bcqlm.testing.tiny_models import (
     make_breezeclip_processing,
     make_tiny_clip_teacher,
@@ -616,6 +616,40 @@ def test_crop_window_pads_with_the_border_colour_and_cell_windows_tile_the_image
     quadrants = [(0, 0, 4, 4), (4, 0, 8, 4), (0, 4, 4, 8), (4, 4, 8, 8)]
     for window, box in zip(windows, quadrants):
         assert np.array_equal(np.asarray(window), np.asarray(image.crop(box)))
+
+
+def test_object_windows_show_each_boxed_object_alone_on_the_cell_of_its_centre():
+    pixels = np.full((16, 16, 3), 100, dtype=np.uint8)
+    pixels[1:5, 1:5] = (255, 0, 0)  # a red block, its box centred at (3, 3): cell 0 of a 2 x 2 grid
+    pixels[5:7, 5:8] = (0, 0, 255)  # a blue one beside it, overlapping the red one's window
+    pixels[10:12, 10:12] = (0, 255, 0)  # a green one in cell 3, and a smaller box centred in the same cell
+    boxes = [[1, 1, 5, 5], [5, 5, 8, 7], [10, 10, 12, 12], [9, 9, 10, 10]]
+    windows = [np.asarray(window) for window in object_windows(Image.fromarray(pixels), boxes, 2, 0.5)]
+    assert [window.shape for window in windows] == [(8, 8, 3)] * 4
+    # Columns and rows -1..6 around (3, 3): the red block at 2..5, the blue block's pixels blanked.
+    expected = np.full((8, 8, 3), 100, dtype=np.uint8)
+    expected[2:6, 2:6] = (255, 0, 0)
+    assert np.array_equal(windows[0], expected)
+    # The blue block's box is centred at (6.5, 6): cell 0 too, where the larger red box wins; no box in cells 1, 2.
+    assert (windows[1] == 100).all() and (windows[2] == 100).all()
+    assert (windows[3] == (0, 255, 0)).all(-1).sum() == 4 and (windows[3] != 100).any(-1).sum() == 4
+
+
+def test_precomputed_object_window_embeddings_are_the_teachers(teacher_and_processor):
+    teacher, teacher_processor = teacher_and_processor
+    dataset = make_caption_dataset(4).add_column("boxes", [[[2.0, 3.0, 14.0, 12.0]], [], [[20, 4, 38, 30]], []])
+    precomputed = precompute_teacher_embeddings(dataset, teacher, teacher_processor, crop_grid=2, box_column="boxes")
+    crops = torch.tensor(precomputed["teacher_crop_embeds"])
+    for index in (0, 1):
+        image = dataset[index]["image"].convert("RGB")
+        windows = object_windows(image, dataset[index]["boxes"], 2, 0.5)
+        pixel_values = teacher_processor(images=windows, return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            expected = teacher.get_image_features(pixel_values=pixel_values).pooler_output
+        torch.testing.assert_close(crops[index], expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(crops[0, 0], crops[0, 1])  # the boxed object's cell and a blank one
+    with pytest.raises(ValueError, match="no 'regions' column"):
+        precompute_teacher_embeddings(dataset, teacher, teacher_processor, crop_grid=2, box_column="regions")
 
 
 def test_crop_distillation_loss_by_hand():

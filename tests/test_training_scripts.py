@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -31,14 +32,16 @@ COMMON = ["--use_cpu", "--report_to", "none", "--disable_tqdm", "true", "--seed"
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    """12 images with captions (captions.jsonl) and a question each (vqa.jsonl, with a type and 3 answers)."""
+    """12 images with captions and object boxes (captions.jsonl) and a question each (vqa.jsonl, with a type and 3 answers)."""
     root = tmp_path_factory.mktemp("data")
     (root / "images").mkdir()
     captions, questions = [], []
     for index in range(12):
         make_image((40, 32), seed=index).save(root / "images" / f"{index}.png")
         colour = COLOURS[index % 4]
-        captions.append({"image": f"images/{index}.png", "caption": f"a {colour} car and {index % 3 + 1} dogs"})
+        caption = f"a {colour} car and {index % 3 + 1} dogs"
+        boxes = [[2, 3, 14, 12]] if index % 3 else []
+        captions.append({"image": f"images/{index}.png", "caption": caption, "boxes": boxes})
         questions.append(
             {
                 "image": f"images/{index}.png",
@@ -146,6 +149,22 @@ def test_distill_breezeclip_script_with_crop_distillation(tmp_path, data):
     cached = datasets.Dataset.from_file(str(next((tmp_path / "breezeclip" / "teacher_embeddings").glob("*.arrow"))))
     grid = round(len(cached[0]["teacher_crop_embeds"]) ** 0.5)
     assert grid > 1 and len(cached[0]["teacher_crop_embeds"]) == grid * grid
+
+
+def test_distill_breezeclip_script_with_object_windows(tmp_path, data):
+    args = [*fresh_student_args(tmp_path, data), "--save_strategy", "no", "--box_column", "boxes"]
+    with pytest.raises(ValueError, match="--crop_distillation_weight"):
+        distill_breezeclip.main(args)
+    results = distill_breezeclip.main([*args, "--crop_distillation_weight", "1.0", "--precompute_teacher_embeddings"])
+    assert results["train_loss"] > 0
+    cached = datasets.Dataset.from_file(str(next((tmp_path / "breezeclip" / "teacher_embeddings").glob("*.arrow"))))
+    crops = [np.array(row["teacher_crop_embeds"]) for row in cached]
+    # Unboxed images: every cell is the blank window's; boxed ones: one cell (the box's) differs from the others.
+    assert len(crops[0]) > 1
+    assert all(np.allclose(cells, cells[0], atol=1e-6) for cells in crops[::3])
+    for cells in crops[1::3]:
+        differs = ~np.isclose(cells, cells[-1], atol=1e-6).all(-1)
+        assert differs.sum() == 1 and not differs[-1]
 
 
 def test_train_and_evaluate_vqa_scripts(tmp_path, data, bcqlm_folder):

@@ -49,3 +49,30 @@ def cell_windows(image, grid: int, window: float) -> list:
         for row in range(grid)
         for column in range(grid)
     ]
+
+
+def object_windows(image, boxes, grid: int, window: float) -> list:
+    """
+    One window per cell of a `grid` x `grid` partition of an RGB PIL image, in row-major order, `window` times the
+    image's shorter side wide: centred on the object whose box `(x0, y0, x1, y1)` (pixels) has its centre in the cell
+    (the largest one where several do), with everything outside that box in the image's [`border_colour`], so that it
+    shows that object alone; a blank window of that colour where no box is centred in the cell.
+    """
+    side, fill = max(1, round(window * min(image.size))), border_colour(image)
+    cell_width, cell_height = image.width / grid, image.height / grid
+    centred = {}
+    for x0, y0, x1, y1 in sorted(boxes, key=lambda box: (box[2] - box[0]) * (box[3] - box[1]), reverse=True):
+        centre = ((x0 + x1) / 2, (y0 + y1) / 2)
+        cell = min(int(centre[1] / cell_height), grid - 1) * grid + min(int(centre[0] / cell_width), grid - 1)
+        centred.setdefault(cell, (centre, (x0, y0, x1, y1)))
+    windows = []
+    for cell in range(grid * grid):
+        if cell not in centred:
+            windows.append(Image.new("RGB", (side, side), fill))
+            continue
+        centre, box = centred[cell]
+        alone = Image.new("RGB", image.size, fill)
+        inside = tuple(round(value) for value in box)
+        alone.paste(image.crop(inside), inside[:2])
+        windows.append(crop_window(alone, centre, side, fill))
+    return windows

@@ -236,24 +236,44 @@ def load_caption_file(
     caption_column: str = "caption",
     *,
     on_missing_image: str = "raise",
+    box_column: str | None = None,
 ) -> Dataset:
     """
     Loads image-caption pairs for BreezeCLIP's distillation from a `.jsonl`, `.csv` or `.json` file whose rows hold an
     image path (in `image_column`, relative to `image_root`, which defaults to the file's folder, or absolute) and a
     caption. Returns a `datasets.Dataset` with an `image` (`datasets.Image()`) and a `caption` column; missing or
-    unreadable images are handled as by the VQA loaders.
+    unreadable images are handled as by the VQA loaders. With `box_column`, each row's object boxes (a list of `[x0,
+    y0, x1, y1]` in pixels, possibly empty) are kept as a `boxes` column, for crop distillation around objects.
     """
     _check_on_missing_image(on_missing_image)
     table = _read_table(path, "caption")
-    _check_rows(table, path, (image_column, caption_column))
+    _check_rows(table, path, (image_column, caption_column) + ((box_column,) if box_column else ()))
     image_root = os.path.dirname(os.path.abspath(path)) if image_root is None else image_root
     paths = [_resolve_image_path(image_root, image) for image in table[image_column]]
     keep = _check_images(paths, on_missing_image)
     captions = table[caption_column]
-    return Dataset.from_dict(
-        {"image": [paths[index] for index in keep], "caption": [str(captions[index]) for index in keep]},
-        features=Features({"image": Image(), "caption": Value("string")}),
+    columns = {"image": [paths[index] for index in keep], "caption": [str(captions[index]) for index in keep]}
+    features = {"image": Image(), "caption": Value("string")}
+    if box_column:
+        boxes = table[box_column]
+        columns["boxes"] = [_check_boxes(boxes[index], index, path) for index in keep]
+        features["boxes"] = Sequence(Sequence(Value("float32"), length=4))
+    return Dataset.from_dict(columns, features=Features(features))
+
+
+def _check_boxes(boxes, index, path) -> list[list[float]]:
+    """A row's object boxes as lists of four floats, or an error naming the row and what a box must be."""
+    valid = isinstance(boxes, list) and all(
+        isinstance(box, list) and len(box) == 4 and all(isinstance(value, (int, float)) for value in box)
+        and box[0] < box[2] and box[1] < box[3]
+        for box in boxes
     )
+    if not valid:
+        raise ValueError(
+            f"Row {index} of {path}: the boxes must be a list of [x0, y0, x1, y1] in pixels with x0 < x1 and y0 < y1, "
+            f"got {boxes!r}."
+        )
+    return [[float(value) for value in box] for box in boxes]
 
 
 def normalize_vqa_columns(

@@ -39,7 +39,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from datasets import Dataset, DatasetDict, Features, Value
+from datasets import Dataset, DatasetDict, Features, Sequence, Value
 from datasets import Image as ImageFeature
 from PIL import Image, ImageDraw
 
@@ -171,6 +171,10 @@ SYNTHETIC_VQA_FEATURES = Features(
     {**VQA_FEATURES, "scene": Value("string"), "caption": Value("string"), "held_out": Value("bool")}
 )
 SYNTHETIC_CAPTION_FEATURES = Features({"image": ImageFeature(), "caption": Value("string")})
+# Captioned scenes with each shape's box, `[x0, y0, x1, y1]` in pixels (`object_box`).
+SYNTHETIC_BOXED_CAPTION_FEATURES = Features(
+    {**SYNTHETIC_CAPTION_FEATURES, "boxes": Sequence(Sequence(Value("float32"), length=4))}
+)
 
 
 @dataclass(frozen=True)
@@ -209,6 +213,12 @@ def random_style(scene: list[SceneObject], rng: np.random.Generator) -> RenderSt
 def object_radius(size: str, image_size: int = MIN_IMAGE_SIZE, scale: float = 1.0) -> int:
     """The radius in pixels of a `size` shape ("small" or "large") in an image of `image_size` pixels, times `scale`."""
     return round(RADII[size] * scale * image_size / MIN_IMAGE_SIZE)
+
+
+def object_box(obj: SceneObject) -> list[int]:
+    """The square around a shape's circle, `[x0, y0, x1, y1]` in pixels (x1 and y1 exclusive), centred on its centre."""
+    extent = math.ceil(_extent(obj.shape, obj.radius))
+    return [obj.x - extent, obj.y - extent, obj.x + extent + 1, obj.y + extent + 1]
 
 
 def generate_scene(
@@ -377,15 +387,16 @@ def make_synthetic_captions(
     vary_style: bool = False,
 ) -> Dataset:
     """
-    The images of `make_synthetic_vqa` with the same arguments, one row each with its caption, for BreezeCLIP's
-    distillation (the columns of `load_caption_file`).
+    The images of `make_synthetic_vqa` with the same arguments, one row each with its caption and its shapes' boxes
+    (`object_box`), for BreezeCLIP's distillation (the columns of `load_caption_file` with `box_column`).
     """
-    rows = {"image": [], "caption": []}
+    rows = {"image": [], "caption": [], "boxes": []}
     images = _synthetic_images(num_images, seed, image_size, split, held_out_fraction, vary_style)
-    for _, _, image, caption, _ in images:
+    for _, scene, image, caption, _ in images:
         rows["image"].append(image)
         rows["caption"].append(caption)
-    return Dataset.from_dict(rows, features=SYNTHETIC_CAPTION_FEATURES)
+        rows["boxes"].append([object_box(obj) for obj in scene])
+    return Dataset.from_dict(rows, features=SYNTHETIC_BOXED_CAPTION_FEATURES)
 
 
 def make_synthetic_region_captions(

@@ -19,7 +19,7 @@ from transformers.modeling_outputs import ModelOutput
 from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 
 from ..configuration_bcqlm import BreezeCLIPConfig
-from ..data.images import cell_windows, to_rgb_images
+from ..data.images import cell_windows, object_windows, to_rgb_images
 from ..modeling_bcqlm import BreezeCLIPModel, BreezeCLIPPreTrainedModel
 
 
@@ -503,9 +503,15 @@ class BreezeCLIPDistillationCollator:
 
 
 @torch.no_grad()
-def _window_embeddings(teacher, teacher_processor, images: list, grid: int, window: float) -> np.ndarray:
-    """The teacher's projected image embeddings of each image's `cell_windows`: `(num_images, grid * grid, dim)`."""
-    windows = [crop for image in images for crop in cell_windows(image, grid, window)]
+def _window_embeddings(teacher, teacher_processor, images: list, grid: int, window: float, boxes=None) -> np.ndarray:
+    """
+    The teacher's projected image embeddings of each image's `cell_windows`, or with `boxes` (a list of boxes per
+    image) its `object_windows`: `(num_images, grid * grid, dim)`.
+    """
+    if boxes is None:
+        windows = [crop for image in images for crop in cell_windows(image, grid, window)]
+    else:
+        windows = [crop for image, box in zip(images, boxes) for crop in object_windows(image, box, grid, window)]
     pixel_values = teacher_processor(images=windows, return_tensors="pt")["pixel_values"].to(teacher.device)
     embeds = teacher.get_image_features(pixel_values=pixel_values.to(teacher.dtype)).pooler_output
     return embeds.float().view(len(images), grid * grid, -1).cpu().numpy()
@@ -534,6 +540,7 @@ def precompute_teacher_embeddings(
     patch_grid: int | None = None,
     crop_grid: int | None = None,
     crop_window: float = 0.5,
+    box_column: str | None = None,
 ):
     """
     Run the teacher once over a `datasets.Dataset` and add its projected embeddings as the columns
@@ -543,15 +550,23 @@ def precompute_teacher_embeddings(
     lists of `teacher_patch_dim` floats), for the patch distillation loss. With `crop_grid`, the teacher's projected
     image embedding of a window around each cell of a `crop_grid` x `crop_grid` grid (`crop_window` times the image's
     side; `modeling_bcqlm.data.images.cell_windows`) is added as `teacher_crop_embeds` (`crop_grid ** 2` lists of
-    `teacher_dim` floats), for the crop distillation loss. The result is cached by `datasets` (in
+    `teacher_dim` floats), for the crop distillation loss; with `box_column` (each image's object boxes `(x0, y0, x1,
+    y1)` in pixels), the window of each cell is centred on the object whose box is centred in it and shows that object
+    alone, and cells without one get a blank window (`modeling_bcqlm.data.images.object_windows`): each object's
+    embedding on one cell, its neighbours' on none. The result is cached by `datasets` (in
     the dataset's cache folder when it was loaded from files, or in `cache_dir`), keyed by the dataset and by a hash
     of the teacher's weights, configuration and processor: a second call with the same teacher and data loads it
     instead of recomputing. Pass `cache_dir` to cache an in-memory dataset's embeddings (the file name holds that
     key).
     """
+    if box_column is not None and box_column not in dataset.column_names:
+        raise ValueError(
+            f"The dataset has no {box_column!r} column of object boxes (it has {dataset.column_names}): load the "
+            "caption file with `box_column`, or leave `box_column` unset for windows around every cell."
+        )
     fingerprint = hashlib.sha256(
         f"{dataset._fingerprint}|{_teacher_fingerprint(teacher, teacher_processor, image_column, text_column)}|"
-        f"{patch_grid}|{crop_grid}|{crop_window}".encode()
+        f"{patch_grid}|{crop_grid}|{crop_window}|{box_column}".encode()
     ).hexdigest()[:16]
     teacher = teacher.eval()
 
@@ -575,7 +590,10 @@ def precompute_teacher_embeddings(
         if patch_grid:
             embeddings["teacher_patch_embeds"] = pool_patch_tokens(patch_embeds.float(), patch_grid).cpu().numpy()
         if crop_grid:
-            embeddings["teacher_crop_embeds"] = _window_embeddings(teacher, teacher_processor, images, crop_grid, crop_window)
+            boxes = batch[box_column] if box_column else None
+            embeddings["teacher_crop_embeds"] = _window_embeddings(
+                teacher, teacher_processor, images, crop_grid, crop_window, boxes
+            )
         return embeddings
 
     return dataset.map(
