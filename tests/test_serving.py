@@ -2,7 +2,6 @@
 
 import base64
 import contextlib
-import importlib
 import io
 import json
 import os
@@ -27,6 +26,7 @@ from .helpers import make_image, run_python, running_server
 openai = pytest.importorskip("openai", reason="the test extra: pip install '.[test]'")
 uvicorn = pytest.importorskip("uvicorn", reason="the serve extra: pip install '.[serve]'")
 from modeling_bcqlm.serving import BcQLMModelManager, build_app  # noqa: E402
+from modeling_bcqlm.serving.server import ENGINE_PROCESSES  # noqa: E402
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,7 +110,9 @@ def test_served_answers_are_the_pipelines_streamed_or_not(hub_folder):
             chunks = [
                 chunk.choices[0].delta.content or "" for chunk in client.chat.completions.create(**request, stream=True)
             ]
-            assert "".join(chunks) == text and len([chunk for chunk in chunks if chunk]) > 1  # one event per token
+            assert "".join(chunks) == text
+            # An event per token; transformers 5.25 joins the tokens that came while the stream was behind into one.
+            assert ENGINE_PROCESSES or len([chunk for chunk in chunks if chunk]) > 1
             # Plain HTTP; the server is pinned to its model, so the request may leave `model` out.
             body = {"messages": request["messages"], "max_tokens": MAX_TOKENS}
             assert json.loads(post(f"{url}/v1/chat/completions", body))["choices"][0]["message"]["content"] == text
@@ -191,16 +193,3 @@ def bash_blocks() -> list[str]:
 
 def python_blocks() -> list[str]:
     return [block.strip() for block in re.findall(r"```python\n(.*?)```", README, re.DOTALL)]
-
-
-def test_serving_on_a_transformers_release_with_the_rewritten_server_gets_a_clear_error(monkeypatch):
-    import transformers
-
-    monkeypatch.setattr(transformers, "__version__", "5.25.0.dev0")
-    for name in ("modeling_bcqlm.serving", "modeling_bcqlm.serving.server"):  # imported again, under 5.25
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    message = r"pip install 'bcqlm\[serve\]', which installs transformers<5.25"
-    with pytest.raises(ImportError, match=message):
-        importlib.import_module("modeling_bcqlm.serving")
-    with pytest.raises(SystemExit, match=message):
-        main(["serve"])
