@@ -152,15 +152,24 @@ class ClassifierReadout:
 
 
 def accuracy_by_type(readout, rows, batch_size: int = 50) -> dict[str, float]:
+    """
+    Accuracy in percent per question type and `overall`; where `rows` hold held-out shape-colour combinations, also
+    `held_out` and `seen`, and each type's on them apart (`"attribute, held_out"`).
+    """
     correct, total = collections.Counter(), collections.Counter()
+    split = any(row["held_out"] for row in rows)
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
         for row, answer in zip(batch, readout.answer(batch)):
-            total[row["question_type"]] += 1
-            correct[row["question_type"]] += answer == row["answer"]
-    accuracy = {kind: round(100 * correct[kind] / total[kind], 1) for kind in sorted(total)}
-    accuracy["overall"] = round(100 * sum(correct.values()) / sum(total.values()), 1)
-    return accuracy
+            kind = row["question_type"]
+            keys = [kind, "overall"]
+            if split:
+                group = "held_out" if row["held_out"] else "seen"
+                keys += [group, f"{kind}, {group}"]
+            for key in keys:
+                total[key] += 1
+                correct[key] += answer == row["answer"]
+    return {key: round(100 * correct[key] / total[key], 1) for key in sorted(total)}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -170,6 +179,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--image_last", action="store_true", help="`--readout bcqlm`: `<image>` after the question.")
     parser.add_argument("--train_images", type=int, default=6000)
     parser.add_argument("--test_images", type=int, default=100)
+    parser.add_argument(
+        "--held_out_fraction",
+        type=float,
+        default=0.0,
+        help="Test images holding a held-out shape-colour combination (synthetic_shapes); their questions scored apart.",
+    )
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
@@ -182,7 +197,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.manual_seed(0)
 
     train = make_synthetic_vqa(args.train_images, seed=0, image_size=IMAGE_SIZE, split="train")
-    test = make_synthetic_vqa(args.test_images, seed=0, image_size=IMAGE_SIZE, split="test", held_out_fraction=0.0)
+    test = make_synthetic_vqa(
+        args.test_images, seed=0, image_size=IMAGE_SIZE, split="test", held_out_fraction=args.held_out_fraction
+    )
     if args.readout == "bcqlm":
         readout = BcQLMReadout(args.image_last)
     else:  # the classifier needs no pixels

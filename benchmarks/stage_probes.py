@@ -28,6 +28,12 @@ is in the image, before Q-GCAM and the decoder read it?
     times the image's side) against its embeddings of every "a {size} {colour} {shape}"; over the test scenes' cells
     holding one object's centre.
 (d) The read-out from perfect object tokens is `benchmarks/oracle_readout.py`.
+(e) Held-out shape-colour combinations (`HELD_OUT_COMBINATIONS`, never in the train split): (b)'s probes of size,
+    colour and shape on the cells holding one object's centre, fitted on the train scenes (where no held-out
+    combination occurs, as in stage 2's training) and on as many other test-split scenes (half holding one), scored
+    on `--test_scenes` further test scenes that each hold one, on the held-out objects' cells and the others' apart.
+    Fitted on the train split, a probe may read an attribute from another one that goes with it there (no green
+    object is a triangle); fitted with held-out combinations too, it shows whether the cells carry the attribute.
 
 Train scenes come from the `train` split (those the model was trained on), test scenes from the `test` split, both
 with `--seed`; `--held_out_fraction` 0 keeps the test scenes in the training distribution. Prints Markdown tables.
@@ -229,15 +235,21 @@ def cell_labels(scene: list[SceneObject], grid: tuple[int, int], image_size: int
     attribute of the object whose centre lies in the cell ("object" for `object`), `NONE` for an empty cell, None for a
     cell holding two centres (left out).
     """
-    rows, columns = grid
-    occupants = [[] for _ in range(rows * columns)]
-    for obj in scene:
-        occupants[(obj.y * rows // image_size) * columns + obj.x * columns // image_size].append(obj)
+    occupants = cell_objects(scene, grid, image_size)
     labels = {}
     for attribute in PROBE_ATTRIBUTES:
         values = [_cell_label(cell[0], attribute) if cell else NONE for cell in occupants]
         labels[attribute] = [None if len(cell) > 1 else value for cell, value in zip(occupants, values)]
     return labels
+
+
+def cell_objects(scene: list[SceneObject], grid: tuple[int, int], image_size: int) -> list[list[SceneObject]]:
+    """The objects whose centre lies in each cell of `grid` (rows, columns), cells in row-major order."""
+    rows, columns = grid
+    occupants = [[] for _ in range(rows * columns)]
+    for obj in scene:
+        occupants[(obj.y * rows // image_size) * columns + obj.x * columns // image_size].append(obj)
+    return occupants
 
 
 def _cell_label(obj: SceneObject, attribute: str) -> str:
@@ -363,6 +375,53 @@ def probes(model, image_processor, train: list, test: list, image_size: int, ste
     return results
 
 
+def single_object_cells(model, image_processor, scenes: list, image_size: int, stage1=None) -> tuple[dict, list]:
+    """
+    `batched_cell_features` of the cells holding exactly one object's centre, `(cells, features)` per representation,
+    and those objects.
+    """
+    features, grid = batched_cell_features(
+        model, image_processor, [render_scene(scene, image_size) for scene in scenes], stage1
+    )
+    rows, objects = [], []
+    for index, scene in enumerate(scenes):
+        for cell, occupants in enumerate(cell_objects(scene, grid, image_size)):
+            if len(occupants) == 1:
+                rows.append(index * grid[0] * grid[1] + cell)
+                objects.append(occupants[0])
+    return {name: values.flatten(0, 1)[rows] for name, values in features.items()}, objects
+
+
+def held_out_probes(
+    model, image_processor, fits: dict[str, list], test: list, image_size: int, steps: int, stage1=None
+):
+    """
+    Do the image side's attributes hold for shape-colour combinations it never saw? Per representation and attribute,
+    a probe of the cells holding one object's centre, fitted on each scene list of `fits`, scored on the `test`
+    scenes' such cells apart: those whose object has a held-out combination and the others (None where there are
+    none).
+    """
+    test_x, test_objects = single_object_cells(model, image_processor, test, image_size, stage1)
+    held_out = np.array([(obj.shape, obj.colour) in HELD_OUT_COMBINATIONS for obj in test_objects], dtype=bool)
+    results = {"test_cells": {"held_out": int(held_out.sum()), "seen": int((~held_out).sum())}, "fitted_on": {}}
+    for fit_name, scenes in fits.items():
+        fit_x, fit_objects = single_object_cells(model, image_processor, scenes, image_size, stage1)
+        entry = results["fitted_on"][fit_name] = {"cells": len(fit_objects)}
+        for name in test_x:
+            entry[name] = {}
+            for attribute in ATTRIBUTES:
+                labels = [getattr(obj, attribute) for obj in fit_objects]
+                predictions = fit_probe(fit_x[name], labels, test_x[name], steps)
+                correct = np.array(
+                    [predicted == getattr(obj, attribute) for predicted, obj in zip(predictions, test_objects)]
+                )
+                entry[name][attribute] = {
+                    group: float(correct[mask].mean()) if mask.any() else None
+                    for group, mask in (("held_out", held_out), ("seen", ~held_out))
+                }
+    return results
+
+
 # Every (size, colour, shape) and its caption, "a small red circle".
 COMBINATIONS = list(itertools.product(*(ATTRIBUTE_VALUES[attribute] for attribute in ATTRIBUTES)))
 COMBINATION_CAPTIONS = [f"a {' '.join(combination)}" for combination in COMBINATIONS]
@@ -423,6 +482,13 @@ def markdown(results: dict) -> str:
     lines.append(_row(["majority class", "", *figures(next(iter(representations.values())), "majority_baseline")]))
     for name, entry in representations.items():
         lines.append(_row([name, entry["dims"], *figures(entry, "accuracy")]))
+    held_out = results["held_out_probes"]
+    lines += ["", _row(["representation", "probe fitted on", *(f"{a}: held-out / seen" for a in ATTRIBUTES)])]
+    lines.append("|---|---|" + "---:|" * len(ATTRIBUTES))
+    for fit_name, entry in held_out["fitted_on"].items():
+        for name in representations:
+            pairs = [entry[name][attribute] for attribute in ATTRIBUTES]
+            lines.append(_row([name, fit_name, *(f"{_percent(p['held_out'])} / {_percent(p['seen'])}" for p in pairs)]))
     if results.get("teacher_windows"):
         windows = results["teacher_windows"]
         lines += ["", _row(["teacher's zero-shot attributes of the window around each object cell", "cells",
@@ -430,6 +496,11 @@ def markdown(results: dict) -> str:
         lines += ["|---|" + "---:|" * (len(ATTRIBUTES) + 2)]
         lines.append(_row(["", windows["cells"], *(_percent(windows[key]) for key in (*ATTRIBUTES, "all"))]))
     return "\n".join(lines)
+
+
+def scenes_only(num_scenes: int, seed: int, image_size: int, held_out_fraction: float) -> list[list[SceneObject]]:
+    """Scenes of the `test` split (`make_synthetic_scenes`) without their captions."""
+    return [scene for scene, _ in make_synthetic_scenes(num_scenes, seed, image_size, "test", held_out_fraction)]
 
 
 def load_encoders(args, model: BcQLMForConditionalGeneration, processor: BcQLMProcessor) -> dict[str, DualEncoder]:
@@ -502,6 +573,15 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "probes": probes(
             model, processor.image_processor, train, test_scenes, image_size, args.probe_steps, encoders.get("stage 1")
+        ),
+        "held_out_probes": held_out_probes(
+            model,
+            processor.image_processor,
+            {"train split": train, "test split": scenes_only(args.train_scenes, args.seed + 2, image_size, 0.5)},
+            scenes_only(args.test_scenes, args.seed + 1, image_size, 1.0),
+            image_size,
+            args.probe_steps,
+            encoders.get("stage 1"),
         ),
         "oracle_readout": "benchmarks/oracle_readout.py (benchmarks/README.md, Oracle read-out)",
     }

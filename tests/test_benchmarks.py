@@ -245,6 +245,27 @@ def test_oracle_readout_trains_and_reports_every_question_type(readout, tmp_path
     assert all(0.0 <= evaluations[-1][kind] <= 100.0 for kind in [*kinds, "overall"])
 
 
+def test_oracle_accuracy_splits_held_out_combinations_by_type():
+    from benchmarks.oracle_readout import accuracy_by_type
+
+    class AnswersYes:
+        def answer(self, rows):
+            return ["yes"] * len(rows)
+
+    rows = [
+        {"question_type": "existence", "held_out": True, "answer": "yes"},
+        {"question_type": "existence", "held_out": True, "answer": "no"},
+        {"question_type": "existence", "held_out": False, "answer": "yes"},
+        {"question_type": "comparison", "held_out": False, "answer": "no"},
+    ]
+    assert accuracy_by_type(AnswersYes(), rows, batch_size=3) == {
+        "comparison": 0.0, "comparison, seen": 0.0, "existence": 66.7, "existence, held_out": 50.0,
+        "existence, seen": 100.0, "held_out": 50.0, "overall": 50.0, "seen": 50.0,
+    }  # fmt: skip
+    seen_only = [{**row, "held_out": False} for row in rows]
+    assert accuracy_by_type(AnswersYes(), seen_only) == {"comparison": 0.0, "existence": 66.7, "overall": 50.0}
+
+
 def test_gpu_benchmark_path_on_the_cpu(tmp_path):
     pytest.importorskip("bitsandbytes")
     readme = tmp_path / "README.md"
@@ -419,6 +440,33 @@ def test_stage_probes_on_tiny_models(bcqlm_folder, tmp_path):
             assert probe["train_cells"] == probes["train_cells"] and probe["test_cells"] == probes["test_cells"]
             for probe in entry[attribute].values():
                 assert probe is None or 0.0 <= probe["accuracy"] <= 1.0 and 0.0 <= probe["majority_baseline"] <= 1.0
+
+    held_out = results["held_out_probes"]
+    assert set(held_out["fitted_on"]) == {"train split", "test split"}
+    assert held_out["test_cells"]["held_out"] >= 1  # every scoring scene holds a held-out combination
+    for entry in held_out["fitted_on"].values():
+        for name in probes["representations"]:
+            assert set(entry[name]) == {"size", "colour", "shape"}
+            for groups in entry[name].values():
+                assert all(value is None or 0.0 <= value <= 1.0 for value in groups.values())
+
+
+def test_held_out_probes_score_held_out_combinations_apart(bcqlm_folder):
+    from benchmarks.stage_probes import held_out_probes, scenes_only, single_object_cells
+    from modeling_bcqlm.data.synthetic_shapes import HELD_OUT_COMBINATIONS
+
+    model = BcQLMForConditionalGeneration.from_pretrained(bcqlm_folder).eval()
+    image_processor = BcQLMProcessor.from_pretrained(bcqlm_folder).image_processor
+    test = scenes_only(30, 1, 96, 1.0)
+    _, objects = single_object_cells(model, image_processor, test, 96)
+    held_out = sum((obj.shape, obj.colour) in HELD_OUT_COMBINATIONS for obj in objects)
+    assert 0 < held_out < len(objects)
+
+    results = held_out_probes(model, image_processor, {"test split": scenes_only(80, 2, 96, 0.5)}, test, 96, 300)
+    assert results["test_cells"] == {"held_out": held_out, "seen": len(objects) - held_out}
+    # Colour is in the cells' pixels whatever the shape: the probe reads it on held-out objects as on the others.
+    colour = results["fitted_on"]["test split"]["cell pixels"]["colour"]
+    assert colour["held_out"] > 0.6 and colour["seen"] > 0.6, colour
 
 
 def test_cli_startup_times_fresh_processes_after_a_warm_up(tmp_path):
