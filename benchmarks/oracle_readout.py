@@ -12,7 +12,12 @@ the default model's stage 2 can reach in N steps.
   the decoder width in place of the tower and adapter, then Q-GCAM and the Llama decoder as in stage 2 (the answer's
   tokens scored; greedy generation at evaluation). `--image_last` puts `<image>` after the question.
 - `--readout transformer`: a plain pre-norm transformer encoder over [object tokens; question tokens; a class token]
-  and a classifier over the answers seen in training: the same information with no generation.
+  and a classifier over the answers seen in training: the same information with no generation. Its object tokens are
+  embedded by a two-layer MLP, or with `--object_embedding linear` by one linear map: each object's embedding is then
+  the sum of its colour's, shape's, size's and position's, whatever their combination.
+
+`--held_out_fraction` draws that share of the test images with a held-out shape-colour combination and scores their
+questions apart (`held_out`, `seen`, and per type).
 
 Both train with AdamW, batches of `--batch_size` questions drawn at random, warm-up then cosine decay, and print the
 test split's accuracy per question type every `--eval_every` steps (JSON with `--output`).
@@ -52,7 +57,10 @@ def oracle_object_tokens(scene_json: str, num_tokens: int = MAX_OBJECTS) -> torc
 
 
 class TransformerReadout(nn.Module):
-    """A pre-norm transformer encoder over [object tokens; question tokens; class token] with an answer classifier."""
+    """
+    A pre-norm transformer encoder over [object tokens; question tokens; class token] with an answer classifier. The
+    object tokens are embedded by a two-layer MLP, or with `object_embedding="linear"` by one linear map.
+    """
 
     def __init__(
         self,
@@ -62,9 +70,15 @@ class TransformerReadout(nn.Module):
         hidden_size: int = 128,
         max_length: int = 64,
         token_size: int = TOKEN_SIZE,
+        object_embedding: str = "mlp",
     ):
         super().__init__()
-        self.objects = nn.Sequential(nn.Linear(token_size, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size))
+        if object_embedding == "linear":  # each object's embedding the sum of its values' embeddings
+            self.objects = nn.Linear(token_size, hidden_size)
+        else:
+            self.objects = nn.Sequential(
+                nn.Linear(token_size, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size)
+            )
         self.words = nn.Embedding(vocab_size, hidden_size)
         self.positions = nn.Embedding(max_length, hidden_size)
         self.class_token = nn.Parameter(torch.randn(hidden_size) * 0.02)
@@ -127,10 +141,12 @@ class BcQLMReadout:
 
 
 class ClassifierReadout:
-    def __init__(self, answers: list[str], num_layers: int):
+    def __init__(self, answers: list[str], num_layers: int, object_embedding: str = "mlp"):
         self.tokenizer = BcQLMProcessor.from_pretrained(DEFAULT_MODEL).tokenizer
         self.answers = sorted(set(answers))
-        self.network = TransformerReadout(len(self.tokenizer), len(self.answers), num_layers)
+        self.network = TransformerReadout(
+            len(self.tokenizer), len(self.answers), num_layers, object_embedding=object_embedding
+        )
 
     def parameters(self):
         return list(self.network.parameters())
@@ -176,6 +192,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--readout", choices=("bcqlm", "transformer"), default="bcqlm")
     parser.add_argument("--layers", type=int, default=2, help="Encoder layers of `--readout transformer`.")
+    parser.add_argument(
+        "--object_embedding",
+        choices=("mlp", "linear"),
+        default="mlp",
+        help="`--readout transformer`: embed each object token by a two-layer MLP or by one linear map.",
+    )
     parser.add_argument("--image_last", action="store_true", help="`--readout bcqlm`: `<image>` after the question.")
     parser.add_argument("--train_images", type=int, default=6000)
     parser.add_argument("--test_images", type=int, default=100)
@@ -183,7 +205,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--held_out_fraction",
         type=float,
         default=0.0,
-        help="Test images holding a held-out shape-colour combination (synthetic_shapes); their questions scored apart.",
+        help="Share of test images holding a held-out shape-colour combination; their questions are scored apart.",
     )
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch_size", type=int, default=32)
@@ -204,7 +226,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         readout = BcQLMReadout(args.image_last)
     else:  # the classifier needs no pixels
         train, test = train.remove_columns("image"), test.remove_columns("image")
-        readout = ClassifierReadout(train["answer"], args.layers)
+        readout = ClassifierReadout(train["answer"], args.layers, args.object_embedding)
     test_rows = list(test)
 
     parameters = readout.parameters()

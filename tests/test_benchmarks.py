@@ -245,6 +245,23 @@ def test_oracle_readout_trains_and_reports_every_question_type(readout, tmp_path
     assert all(0.0 <= evaluations[-1][kind] <= 100.0 for kind in [*kinds, "overall"])
 
 
+def test_linear_object_embedding_composes_attribute_values():
+    from benchmarks.oracle_readout import TransformerReadout, oracle_object_tokens
+
+    def token(colour, shape):
+        obj = {"colour": colour, "shape": shape, "size": "small", "x": 10, "y": 20}
+        return oracle_object_tokens(json.dumps([obj]), num_tokens=1)
+
+    for embedding, additive in (("linear", True), ("mlp", False)):
+        objects = TransformerReadout(vocab_size=10, num_answers=3, num_layers=1, object_embedding=embedding).objects
+        with torch.no_grad():
+            # green triangle = green circle + red triangle - red circle, as a sum of per-value embeddings is
+            composed = (
+                objects(token("green", "circle")) + objects(token("red", "triangle")) - objects(token("red", "circle"))
+            )
+            assert torch.allclose(objects(token("green", "triangle")), composed, atol=1e-5) == additive, embedding
+
+
 def test_oracle_accuracy_splits_held_out_combinations_by_type():
     from benchmarks.oracle_readout import accuracy_by_type
 
