@@ -73,6 +73,8 @@ class TransformerReadout(nn.Module):
         object_embedding: str = "mlp",
     ):
         super().__init__()
+        if object_embedding not in ("mlp", "linear"):
+            raise ValueError(f"`object_embedding` must be 'mlp' or 'linear', got {object_embedding!r}.")
         if object_embedding == "linear":  # each object's embedding the sum of its values' embeddings
             self.objects = nn.Linear(token_size, hidden_size)
         else:

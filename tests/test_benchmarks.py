@@ -252,6 +252,8 @@ def test_linear_object_embedding_composes_attribute_values():
         obj = {"colour": colour, "shape": shape, "size": "small", "x": 10, "y": 20}
         return oracle_object_tokens(json.dumps([obj]), num_tokens=1)
 
+    with pytest.raises(ValueError, match="'mlp' or 'linear'"):
+        TransformerReadout(vocab_size=10, num_answers=3, num_layers=1, object_embedding="Linear")
     for embedding, additive in (("linear", True), ("mlp", False)):
         objects = TransformerReadout(vocab_size=10, num_answers=3, num_layers=1, object_embedding=embedding).objects
         with torch.no_grad():
@@ -469,18 +471,20 @@ def test_stage_probes_on_tiny_models(bcqlm_folder, tmp_path):
 
 
 def test_held_out_probes_score_held_out_combinations_apart(bcqlm_folder):
-    from benchmarks.stage_probes import held_out_probes, scenes_only, single_object_cells
+    from benchmarks.stage_probes import NONE, cell_labels, held_out_probes, scenes_only
     from modeling_bcqlm.data.synthetic_shapes import HELD_OUT_COMBINATIONS
 
     model = BcQLMForConditionalGeneration.from_pretrained(bcqlm_folder).eval()
     image_processor = BcQLMProcessor.from_pretrained(bcqlm_folder).image_processor
     test = scenes_only(30, 1, 96, 1.0)
-    _, objects = single_object_cells(model, image_processor, test, 96)
-    held_out = sum((obj.shape, obj.colour) in HELD_OUT_COMBINATIONS for obj in objects)
-    assert 0 < held_out < len(objects)
+    # The cells holding one object's centre, counted from the (separately tested) probe labels of the tiny 2 x 2 grid.
+    labels = [cell_labels(scene, (2, 2), 96) for scene in test]
+    pairs = [pair for cells in labels for pair in zip(cells["shape"], cells["colour"]) if pair[0] not in (None, NONE)]
+    held_out = sum(pair in HELD_OUT_COMBINATIONS for pair in pairs)
+    assert 0 < held_out < len(pairs)
 
     results = held_out_probes(model, image_processor, {"test split": scenes_only(80, 2, 96, 0.5)}, test, 96, 300)
-    assert results["test_cells"] == {"held_out": held_out, "seen": len(objects) - held_out}
+    assert results["test_cells"] == {"held_out": held_out, "seen": len(pairs) - held_out}
     # Colour is in the cells' pixels whatever the shape: the probe reads it on held-out objects as on the others.
     colour = results["fitted_on"]["test split"]["cell pixels"]["colour"]
     assert colour["held_out"] > 0.6 and colour["seen"] > 0.6, colour
