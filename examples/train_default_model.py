@@ -2,8 +2,10 @@
 
     python examples/train_default_model.py --output_dir modeling_bcqlm/default_model
 
-1. Data: synthetic shape scenes (`modeling_bcqlm.data.synthetic_shapes`): captions for stage 1, questions for stage 2,
-   and a test split that also holds shape-colour combinations never seen in training.
+1. Data: synthetic shape scenes (`modeling_bcqlm.data.synthetic_shapes`): captions of 4,000 images for stage 1,
+   questions for stage 2, and a test split that also holds shape-colour combinations never seen in training. Every
+   training and captioned scene is drawn in a random style (background, shades, scale, anti-aliasing), so that the
+   model does not depend on the generator's exact pixels; the test split keeps the plain style.
 2. Tokenizers, trained on the synthetic text: a byte-level BPE for the decoder, a WordPiece vocabulary for the
    question encoder, a CLIP BPE for the teacher.
 3. A small CLIP teacher (`transformers.CLIPModel`) trained contrastively on the captions with the `Trainer`.
@@ -376,7 +378,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output_dir", required=True, help="Where the trained model and its processor are written.")
     parser.add_argument("--work_dir", help="Folder of the intermediate data and models (default: a temporary one).")
     parser.add_argument("--train_images", type=int, default=48000, help="Images of stage 2's questions.")
-    parser.add_argument("--caption_images", type=int, default=2000, help="Images of the teacher's and stage 1's captions.")
+    parser.add_argument("--caption_images", type=int, default=4000, help="Images of the teacher's and stage 1's captions.")
     parser.add_argument("--test_images", type=int, default=400)
     parser.add_argument("--questions_per_image", type=int, default=5)
     parser.add_argument(
@@ -392,8 +394,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--vary_style",
-        action="store_true",
-        help="Draw the training and captioned scenes in random styles (background, shades, scale, anti-aliasing).",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Draw the training and captioned scenes in random styles: background, shades, scale, anti-aliasing "
+        "(default; --no-vary_style: every scene in the generator's one style).",
     )
     parser.add_argument(
         "--region_distillation",

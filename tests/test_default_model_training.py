@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 from PIL import Image
 from transformers import AutoModel, AutoProcessor
 
@@ -21,6 +22,14 @@ def run_quick(tmp_path, *options):
         "--output_dir", tmp_path / "model", "--work_dir", tmp_path / "work", cwd=tmp_path, timeout=900,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """The folder of one `--quick` run of the default recipe (`model/` and `work/`)."""
+    folder = tmp_path_factory.mktemp("default_recipe")
+    run_quick(folder)
+    return folder
 
 
 def test_quick_run_trains_every_stage_and_saves_a_loadable_model(tmp_path):
@@ -65,14 +74,13 @@ def test_order_by_image_shuffles_images_and_keeps_their_questions_together():
     assert order_by_image(questions, seed=0)["question_id"] == ordered["question_id"]
 
 
-def test_vary_style_draws_the_training_scenes_in_other_styles_and_keeps_the_test_split(tmp_path):
+def test_default_recipe_draws_the_training_scenes_in_other_styles_and_keeps_the_test_split(default_run):
     import datasets
     import numpy as np
 
     from modeling_bcqlm.data.synthetic_shapes import BACKGROUND_COLOUR, COLOURS
 
-    run_quick(tmp_path, "--vary_style")
-    splits = datasets.load_from_disk(str(tmp_path / "work" / "vqa"))
+    splits = datasets.load_from_disk(str(default_run / "work" / "vqa"))
     palette = {tuple(rgb) for rgb in COLOURS.values()} | {BACKGROUND_COLOUR}
 
     def colours(image):
@@ -80,11 +88,26 @@ def test_vary_style_draws_the_training_scenes_in_other_styles_and_keeps_the_test
 
     assert all(colours(image) <= palette for image in splits["test"]["image"])
     assert not any(colours(image) <= palette for image in splits["train"]["image"])
-    caption_images = [path for path in (tmp_path / "work" / "captions" / "images").iterdir()]
+    caption_images = [path for path in (default_run / "work" / "captions" / "images").iterdir()]
     assert caption_images and not any(colours(Image.open(path)) <= palette for path in caption_images)
+    arguments = json.loads((default_run / "model" / "training_results.json").read_text())["arguments"]
+    assert arguments["vary_style"] is True
 
 
-def test_region_distillation_distils_the_teachers_embedding_of_each_shape_on_its_cell(tmp_path):
+def test_no_vary_style_draws_every_scene_in_the_generators_style(tmp_path):
+    import numpy as np
+
+    from examples.train_default_model import make_data, parse_args
+    from modeling_bcqlm.data.synthetic_shapes import BACKGROUND_COLOUR, COLOURS
+
+    args = parse_args(["--quick", "--no-vary_style", "--output_dir", str(tmp_path / "model")])
+    splits, captions, _ = make_data(args, tmp_path)
+    palette = {tuple(rgb) for rgb in COLOURS.values()} | {BACKGROUND_COLOUR}
+    for image in [*splits["train"]["image"], *captions["image"]]:
+        assert {tuple(rgb) for rgb in np.asarray(image.convert("RGB")).reshape(-1, 3).tolist()} <= palette
+
+
+def test_region_distillation_distils_the_teachers_embedding_of_each_shape_on_its_cell(default_run):
     import datasets
     import torch
     from transformers import CLIPModel, CLIPProcessor
@@ -92,13 +115,12 @@ def test_region_distillation_distils_the_teachers_embedding_of_each_shape_on_its
     from modeling_bcqlm.data.images import object_windows
     from modeling_bcqlm.data.synthetic_shapes import make_synthetic_scenes
 
-    run_quick(tmp_path)
-    work = tmp_path / "work"
+    work = default_run / "work"
     cache = next((work / "breezeclip" / "teacher_embeddings").glob("*.arrow"))
     row = datasets.Dataset.from_file(str(cache))[0]
     caption = json.loads((work / "captions" / "captions.jsonl").read_text().splitlines()[0])
-    # The boxes are those of the scene's shapes (128 px scenes, the recipe's), each centred on its shape.
-    scene, _ = make_synthetic_scenes(1, seed=0, image_size=128)[0]
+    # The boxes are those of the scene's shapes (128 px scenes in varied styles, as the recipe's), each on its shape.
+    scene, _ = make_synthetic_scenes(1, seed=0, image_size=128, vary_style=True)[0]
     centres = sorted(((x0 + x1) / 2, (y0 + y1) / 2) for x0, y0, x1, y1 in caption["boxes"])
     assert centres == sorted((obj.x + 0.5, obj.y + 0.5) for obj in scene)
     teacher, teacher_processor = (part.from_pretrained(work / "teacher") for part in (CLIPModel, CLIPProcessor))
@@ -108,6 +130,6 @@ def test_region_distillation_distils_the_teachers_embedding_of_each_shape_on_its
         pixel_values = teacher_processor(images=windows, return_tensors="pt")["pixel_values"]
         expected = teacher.get_image_features(pixel_values=pixel_values).pooler_output
     torch.testing.assert_close(torch.tensor(row["teacher_crop_embeds"]), expected, rtol=1e-4, atol=1e-5)
-    assert isinstance(AutoModel.from_pretrained(tmp_path / "model"), BcQLMForConditionalGeneration)
-    arguments = json.loads((tmp_path / "model" / "training_results.json").read_text())["arguments"]
+    assert isinstance(AutoModel.from_pretrained(default_run / "model"), BcQLMForConditionalGeneration)
+    arguments = json.loads((default_run / "model" / "training_results.json").read_text())["arguments"]
     assert arguments["region_distillation"] is True and arguments["object_windows"] is True

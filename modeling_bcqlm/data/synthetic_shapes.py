@@ -434,15 +434,14 @@ def make_synthetic_scenes(
     image_size: int = MIN_IMAGE_SIZE,
     split: str = "train",
     held_out_fraction: float = 0.5,
+    vary_style: bool = False,
 ) -> list[tuple[list[SceneObject], str]]:
     """
     The scenes (their objects) and captions of `make_synthetic_vqa` with the same arguments, for measurements that
-    need the objects themselves; `render_scene(scene, image_size)` draws each image.
+    need the objects themselves; `render_scene(scene, image_size)` draws each image in the generator's own style.
     """
-    return [
-        (scene, caption)
-        for _, scene, _, caption, _ in _synthetic_images(num_images, seed, image_size, split, held_out_fraction)
-    ]
+    images = _synthetic_images(num_images, seed, image_size, split, held_out_fraction, vary_style)
+    return [(scene, caption) for _, scene, _, caption, _ in images]
 
 
 def make_synthetic_splits(
