@@ -234,7 +234,12 @@ def make_data(args, work: Path) -> tuple[datasets.DatasetDict, datasets.Dataset,
     splits["test_seen"] = splits["test"].filter(lambda row: not row["held_out"])
     splits.save_to_disk(str(work / "vqa"))
     captions = make_synthetic_captions(
-        args.caption_images, args.seed, image_size=IMAGE_SIZE, split="train", vary_style=args.vary_style
+        args.caption_images,
+        args.seed,
+        image_size=IMAGE_SIZE,
+        split="train",
+        vary_style=args.vary_style,
+        extra_colours=args.extra_colours,
     )
     return splits, captions, write_caption_file(captions, work / "captions")
 
@@ -245,7 +250,13 @@ def teacher_captions(args, captions: datasets.Dataset) -> datasets.Dataset:
     if not args.region_distillation:
         return captions
     regions = make_synthetic_region_captions(
-        args.caption_images, args.seed, IMAGE_SIZE, "train", window=CROP_WINDOW, vary_style=args.vary_style
+        args.caption_images,
+        args.seed,
+        IMAGE_SIZE,
+        "train",
+        window=CROP_WINDOW,
+        vary_style=args.vary_style,
+        extra_colours=args.extra_colours,
     )
     return datasets.concatenate_datasets([captions, regions])
 
@@ -378,7 +389,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output_dir", required=True, help="Where the trained model and its processor are written.")
     parser.add_argument("--work_dir", help="Folder of the intermediate data and models (default: a temporary one).")
     parser.add_argument("--train_images", type=int, default=48000, help="Images of stage 2's questions.")
-    parser.add_argument("--caption_images", type=int, default=4000, help="Images of the teacher's and stage 1's captions.")
+    parser.add_argument(
+        "--caption_images", type=int, default=4000, help="Images of the teacher's and stage 1's captions."
+    )
     parser.add_argument("--test_images", type=int, default=400)
     parser.add_argument("--questions_per_image", type=int, default=5)
     parser.add_argument(
@@ -398,6 +411,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=True,
         help="Draw the training and captioned scenes in random styles: background, shades, scale, anti-aliasing "
         "(default; --no-vary_style: every scene in the generator's one style).",
+    )
+    parser.add_argument(
+        "--extra_colours",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="The captioned scenes (teacher and stage 1) also hold shapes in five colours no question asks about "
+        "(`EXTRA_COLOURS`), so that the image tower learns shape apart from colour.",
     )
     parser.add_argument(
         "--region_distillation",

@@ -107,6 +107,21 @@ def test_no_vary_style_draws_every_scene_in_the_generators_style(tmp_path):
         assert {tuple(rgb) for rgb in np.asarray(image.convert("RGB")).reshape(-1, 3).tolist()} <= palette
 
 
+def test_extra_colours_reach_the_teachers_captions_but_not_the_questions(tmp_path):
+    from examples.train_default_model import make_data, parse_args, teacher_captions
+    from modeling_bcqlm.data.synthetic_shapes import EXTRA_COLOURS
+
+    def named_extra_colours(texts):
+        return {word for text in texts for word in text.replace(",", " ").split()} & set(EXTRA_COLOURS)
+
+    args = parse_args(["--quick", "--extra_colours", "--output_dir", str(tmp_path / "model")])
+    splits, captions, _ = make_data(args, tmp_path)
+    teacher_data = teacher_captions(args, captions)
+    assert len(teacher_data) > len(captions)  # the scenes' captions and each shape's own
+    assert named_extra_colours(teacher_data["caption"][len(captions) :]) == set(EXTRA_COLOURS)
+    assert named_extra_colours(captions["caption"]) and not named_extra_colours(splits["train"]["question"])
+
+
 def test_region_distillation_distils_the_teachers_embedding_of_each_shape_on_its_cell(default_run):
     import datasets
     import torch

@@ -411,3 +411,28 @@ def test_varied_styles_keep_each_shape_its_colour_and_size_apart_from_the_other_
     assert object_radius("small", 96, STYLE_SCALE[1]) < object_radius("large", 96, STYLE_SCALE[0])
     anti_aliased = [len(np.unique(np.asarray(image.convert("RGB")).reshape(-1, 3), axis=0)) > 50 for image, _ in images]
     assert 0 < sum(anti_aliased) < len(images)
+
+
+def test_extra_colours_show_every_shape_in_ten_colours_in_the_captions_only():
+    from modeling_bcqlm.data.synthetic_shapes import EXTRA_COLOURS, PALETTE
+
+    assert not set(EXTRA_COLOURS) & set(COLOURS) and len(set(PALETTE.values()) | {BACKGROUND_COLOUR}) == 11
+    captions = make_synthetic_captions(60, seed=7, image_size=128, extra_colours=True)
+    phrase = re.compile(rf"a ({'|'.join(SIZES)}) ({'|'.join(PALETTE)}) ({'|'.join(SHAPES)})")
+    named = collections.Counter()
+    for image, caption, boxes in zip(captions["image"], captions["caption"], captions["boxes"]):
+        objects = phrase.findall(caption)
+        assert len(objects) == len(boxes) > 0, caption
+        # Captions and boxes name the shapes left to right; each box's centre has its shape's colour.
+        centres = sorted(((x0 + x1) / 2, (y0 + y1) / 2) for x0, y0, x1, y1 in boxes)
+        for (_, colour, shape), (x, y) in zip(objects, centres):
+            assert image.getpixel((int(x), int(y))) == PALETTE[colour], caption
+            named[shape, colour] += 1
+    assert {colour for _, colour in named} == set(PALETTE)
+    assert all(any((shape, colour) in named for colour in EXTRA_COLOURS) for shape in SHAPES)
+    assert not set(named) & HELD_OUT_COMBINATIONS
+    # Their region captions name the extra colours too; without the option no caption does.
+    regions = make_synthetic_region_captions(60, seed=7, image_size=128, extra_colours=True)
+    assert sum(named.values()) == len(regions) and any(set(EXTRA_COLOURS) & set(c.split()) for c in regions["caption"])
+    plain = make_synthetic_captions(60, seed=7, image_size=128)["caption"]
+    assert not any(set(EXTRA_COLOURS) & set(caption.replace(",", " ").split()) for caption in plain)

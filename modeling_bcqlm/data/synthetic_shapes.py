@@ -22,6 +22,10 @@ pick out exactly one object. Five types:
 - `comparison`: "is the circle larger than the square?", "are the red object and the large object the same shape?",
   answered yes and no equally often; the compared attribute never appears in the descriptions.
 
+With `extra_colours` (captions only), scenes also hold shapes in `EXTRA_COLOURS`, five colours no question asks
+about: every shape then comes in ten colours, so that an image tower trained on the captions learns shape apart from
+colour rather than from the few colours each shape has in the questions' scenes.
+
 With `vary_style`, each scene is drawn in a style of its own (`random_style`): a random light background, each
 shape's colour shaded by up to `STYLE_SHADE` per channel, its radius scaled within `STYLE_SCALE`, and half of the images
 anti-aliased; so that a model trained on them does not depend on this renderer's exact pixels.
@@ -55,6 +59,14 @@ COLOURS = {
     "yellow": (240, 200, 20),
     "purple": (140, 50, 180),
 }
+EXTRA_COLOURS = {
+    "black": (30, 30, 30),
+    "grey": (128, 128, 128),
+    "teal": (0, 128, 128),
+    "olive": (128, 128, 0),
+    "navy": (0, 0, 128),
+}
+PALETTE = {**COLOURS, **EXTRA_COLOURS}
 SIZES = ("small", "large")
 # Radii at `MIN_IMAGE_SIZE` pixels; they scale with the image size.
 RADII = {"small": 8, "large": 16}
@@ -204,7 +216,7 @@ def random_style(scene: list[SceneObject], rng: np.random.Generator) -> RenderSt
     background = tuple(int(value) for value in rng.integers(STYLE_MIN_BACKGROUND, 256, size=3))
     shades = rng.integers(-STYLE_SHADE, STYLE_SHADE + 1, size=(len(scene), 3))
     fills = tuple(
-        tuple(int(value) for value in np.clip(np.add(COLOURS[obj.colour], shade), 0, 255))
+        tuple(int(value) for value in np.clip(np.add(PALETTE[obj.colour], shade), 0, 255))
         for obj, shade in zip(scene, shades)
     )
     return RenderStyle(background, fills, anti_aliased=bool(rng.random() < 0.5))
@@ -227,18 +239,20 @@ def generate_scene(
     num_objects: int | None = None,
     include_held_out: bool = False,
     scale_range: tuple[float, float] | None = None,
+    colours: tuple[str, ...] = tuple(COLOURS),
 ) -> list[SceneObject]:
     """
-    Draws a scene of `num_objects` shapes (default: 1 to `MAX_OBJECTS`, uniformly) at random non-touching positions.
-    Without `include_held_out` no shape has a combination of `HELD_OUT_COMBINATIONS`; with it at least one has. With
-    `scale_range` each radius is its size's times a factor drawn uniformly from that range.
+    Draws a scene of `num_objects` shapes (default: 1 to `MAX_OBJECTS`, uniformly) at random non-touching positions,
+    in `colours` (names of `PALETTE`). Without `include_held_out` no shape has a combination of
+    `HELD_OUT_COMBINATIONS`; with it at least one has. With `scale_range` each radius is its size's times a factor
+    drawn uniformly from that range.
     """
     _check_image_size(image_size)
     if num_objects is None:
         num_objects = int(rng.integers(1, MAX_OBJECTS + 1))
     if not 1 <= num_objects <= MAX_OBJECTS:
         raise ValueError(f"`num_objects` must be between 1 and {MAX_OBJECTS}, got {num_objects}.")
-    all_combinations = list(itertools.product(SHAPES, COLOURS))
+    all_combinations = list(itertools.product(SHAPES, colours))
     seen_combinations = [combination for combination in all_combinations if combination not in HELD_OUT_COMBINATIONS]
     while True:
         attributes = []
@@ -266,7 +280,7 @@ def render_scene(
     factor = SUPERSAMPLING if style.anti_aliased else 1
     image = Image.new("RGB", (image_size * factor, image_size * factor), style.background)
     draw = ImageDraw.Draw(image)
-    fills = style.fills or [COLOURS[obj.colour] for obj in scene]
+    fills = style.fills or [PALETTE[obj.colour] for obj in scene]
     for obj, fill in zip(scene, fills):
         # Pixel centres map to pixel centres in the larger image.
         x, y, radius = obj.x * factor + (factor - 1) / 2, obj.y * factor + (factor - 1) / 2, obj.radius * factor
@@ -385,13 +399,15 @@ def make_synthetic_captions(
     split: str = "train",
     held_out_fraction: float = 0.5,
     vary_style: bool = False,
+    extra_colours: bool = False,
 ) -> Dataset:
     """
     The images of `make_synthetic_vqa` with the same arguments, one row each with its caption and its shapes' boxes
     (`object_box`), for BreezeCLIP's distillation (the columns of `load_caption_file` with `box_column`).
+    `extra_colours` adds `EXTRA_COLOURS` to the scenes' colours (other images than `make_synthetic_vqa`'s then).
     """
     rows = {"image": [], "caption": [], "boxes": []}
-    images = _synthetic_images(num_images, seed, image_size, split, held_out_fraction, vary_style)
+    images = _synthetic_images(num_images, seed, image_size, split, held_out_fraction, vary_style, extra_colours)
     for _, scene, image, caption, _ in images:
         rows["image"].append(image)
         rows["caption"].append(caption)
@@ -408,6 +424,7 @@ def make_synthetic_region_captions(
     jitter: float = 0.125,
     held_out_fraction: float = 0.5,
     vary_style: bool = False,
+    extra_colours: bool = False,
 ) -> Dataset:
     """
     Region captions of the images of `make_synthetic_captions` with the same arguments: for every shape, the window
@@ -417,7 +434,7 @@ def make_synthetic_region_captions(
     """
     side = max(1, round(window * image_size))
     rows = {"image": [], "caption": []}
-    images = _synthetic_images(num_images, seed, image_size, split, held_out_fraction, vary_style)
+    images = _synthetic_images(num_images, seed, image_size, split, held_out_fraction, vary_style, extra_colours)
     for index, scene, image, _, _ in images:
         picture = Image.open(io.BytesIO(image["bytes"])).convert("RGB")
         rng = np.random.default_rng([seed, SPLITS.index(split), index, 2])
@@ -463,7 +480,7 @@ def make_synthetic_splits(
     )
 
 
-def _synthetic_images(num_images, seed, image_size, split, held_out_fraction, vary_style=False):
+def _synthetic_images(num_images, seed, image_size, split, held_out_fraction, vary_style=False, extra_colours=False):
     """
     Yields each image's index, scene, PNG bytes, caption and random generator, seeded by (seed, split, index); the
     style of a varied image comes from a generator of its own, so that the questions do not depend on it.
@@ -472,10 +489,13 @@ def _synthetic_images(num_images, seed, image_size, split, held_out_fraction, va
         raise ValueError(f"`split` must be one of {SPLITS}, got {split!r}.")
     _check_image_size(image_size)
     scale_range = STYLE_SCALE if vary_style else None
+    colours = tuple(PALETTE) if extra_colours else tuple(COLOURS)
     for index in range(num_images):
         rng = np.random.default_rng([seed, SPLITS.index(split), index])
         include_held_out = split == "test" and rng.random() < held_out_fraction
-        scene = generate_scene(rng, image_size, include_held_out=include_held_out, scale_range=scale_range)
+        scene = generate_scene(
+            rng, image_size, include_held_out=include_held_out, scale_range=scale_range, colours=colours
+        )
         style = None
         if vary_style:
             style = random_style(scene, np.random.default_rng([seed, SPLITS.index(split), index, 1]))
