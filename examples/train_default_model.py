@@ -5,7 +5,10 @@
 1. Data: synthetic shape scenes (`modeling_bcqlm.data.synthetic_shapes`): captions of 4,000 images for stage 1,
    questions for stage 2, and a test split that also holds shape-colour combinations never seen in training. Every
    training and captioned scene is drawn in a random style (background, shades, scale, anti-aliasing), so that the
-   model does not depend on the generator's exact pixels; the test split keeps the plain style.
+   model does not depend on the generator's exact pixels; the test split keeps the plain style. The captioned scenes
+   also hold shapes in five colours no question asks about (`EXTRA_COLOURS`): every shape comes in ten colours there,
+   so that the image tower learns shape apart from colour and reads the shape-colour combinations held out of training
+   nearly as well as the seen ones.
 2. Tokenizers, trained on the synthetic text: a byte-level BPE for the decoder, a WordPiece vocabulary for the
    question encoder, a CLIP BPE for the teacher.
 3. A small CLIP teacher (`transformers.CLIPModel`) trained contrastively on the captions with the `Trainer`.
@@ -415,9 +418,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--extra_colours",
         action=argparse.BooleanOptionalAction,
-        default=False,
+        default=True,
         help="The captioned scenes (teacher and stage 1) also hold shapes in five colours no question asks about "
-        "(`EXTRA_COLOURS`), so that the image tower learns shape apart from colour.",
+        "(`EXTRA_COLOURS`), so that the image tower learns shape apart from colour (default; --no-extra_colours: the "
+        "questions' five colours only).",
     )
     parser.add_argument(
         "--region_distillation",

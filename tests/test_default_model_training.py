@@ -91,18 +91,18 @@ def test_default_recipe_draws_the_training_scenes_in_other_styles_and_keeps_the_
     caption_images = [path for path in (default_run / "work" / "captions" / "images").iterdir()]
     assert caption_images and not any(colours(Image.open(path)) <= palette for path in caption_images)
     arguments = json.loads((default_run / "model" / "training_results.json").read_text())["arguments"]
-    assert arguments["vary_style"] is True
+    assert arguments["vary_style"] is True and arguments["extra_colours"] is True
 
 
 def test_no_vary_style_draws_every_scene_in_the_generators_style(tmp_path):
     import numpy as np
 
     from examples.train_default_model import make_data, parse_args
-    from modeling_bcqlm.data.synthetic_shapes import BACKGROUND_COLOUR, COLOURS
+    from modeling_bcqlm.data.synthetic_shapes import BACKGROUND_COLOUR, PALETTE
 
     args = parse_args(["--quick", "--no-vary_style", "--output_dir", str(tmp_path / "model")])
     splits, captions, _ = make_data(args, tmp_path)
-    palette = {tuple(rgb) for rgb in COLOURS.values()} | {BACKGROUND_COLOUR}
+    palette = {tuple(rgb) for rgb in PALETTE.values()} | {BACKGROUND_COLOUR}
     for image in [*splits["train"]["image"], *captions["image"]]:
         assert {tuple(rgb) for rgb in np.asarray(image.convert("RGB")).reshape(-1, 3).tolist()} <= palette
 
@@ -114,7 +114,7 @@ def test_extra_colours_reach_the_teachers_captions_but_not_the_questions(tmp_pat
     def named_extra_colours(texts):
         return {word for text in texts for word in text.replace(",", " ").split()} & set(EXTRA_COLOURS)
 
-    args = parse_args(["--quick", "--extra_colours", "--output_dir", str(tmp_path / "model")])
+    args = parse_args(["--quick", "--output_dir", str(tmp_path / "model")])  # the default recipe's
     splits, captions, _ = make_data(args, tmp_path)
     teacher_data = teacher_captions(args, captions)
     assert len(teacher_data) > len(captions)  # the scenes' captions and each shape's own
@@ -134,8 +134,8 @@ def test_region_distillation_distils_the_teachers_embedding_of_each_shape_on_its
     cache = next((work / "breezeclip" / "teacher_embeddings").glob("*.arrow"))
     row = datasets.Dataset.from_file(str(cache))[0]
     caption = json.loads((work / "captions" / "captions.jsonl").read_text().splitlines()[0])
-    # The boxes are those of the scene's shapes (128 px scenes in varied styles, as the recipe's), each on its shape.
-    scene, _ = make_synthetic_scenes(1, seed=0, image_size=128, vary_style=True)[0]
+    # The boxes are those of the scene's shapes (the recipe's 128 px scenes: styles, extra colours), each on its shape.
+    scene, _ = make_synthetic_scenes(1, seed=0, image_size=128, vary_style=True, extra_colours=True)[0]
     centres = sorted(((x0 + x1) / 2, (y0 + y1) / 2) for x0, y0, x1, y1 in caption["boxes"])
     assert centres == sorted((obj.x + 0.5, obj.y + 0.5) for obj in scene)
     teacher, teacher_processor = (part.from_pretrained(work / "teacher") for part in (CLIPModel, CLIPProcessor))

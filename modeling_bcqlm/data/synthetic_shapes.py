@@ -452,12 +452,14 @@ def make_synthetic_scenes(
     split: str = "train",
     held_out_fraction: float = 0.5,
     vary_style: bool = False,
+    extra_colours: bool = False,
 ) -> list[tuple[list[SceneObject], str]]:
     """
-    The scenes (their objects) and captions of `make_synthetic_vqa` with the same arguments, for measurements that
-    need the objects themselves; `render_scene(scene, image_size)` draws each image in the generator's own style.
+    The scenes (their objects) and captions of `make_synthetic_vqa` (of `make_synthetic_captions` with
+    `extra_colours`) with the same arguments, for measurements that need the objects themselves;
+    `render_scene(scene, image_size)` draws each image in the generator's own style.
     """
-    images = _synthetic_images(num_images, seed, image_size, split, held_out_fraction, vary_style)
+    images = _synthetic_images(num_images, seed, image_size, split, held_out_fraction, vary_style, extra_colours)
     return [(scene, caption) for _, scene, _, caption, _ in images]
 
 
