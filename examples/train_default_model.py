@@ -6,9 +6,9 @@
    questions for stage 2, and a test split that also holds shape-colour combinations never seen in training. Every
    training and captioned scene is drawn in a random style (background, shades, scale, anti-aliasing), so that the
    model does not depend on the generator's exact pixels; the test split keeps the plain style. The captioned scenes
-   also hold shapes in five colours no question asks about (`EXTRA_COLOURS`): every shape comes in ten colours there,
-   so that the image tower learns shape apart from colour and reads the shape-colour combinations held out of training
-   nearly as well as the seen ones.
+   also hold shapes in five colours no question asks about (`EXTRA_COLOURS`): every shape comes in nine or ten colours
+   there, so that the image tower learns shape apart from colour and reads the shape-colour combinations held out of
+   training nearly as well as the seen ones.
 2. Tokenizers, trained on the synthetic text: a byte-level BPE for the decoder, a WordPiece vocabulary for the
    question encoder, a CLIP BPE for the teacher.
 3. A small CLIP teacher (`transformers.CLIPModel`) trained contrastively on the captions with the `Trainer`.

@@ -434,5 +434,7 @@ def test_extra_colours_show_every_shape_in_ten_colours_in_the_captions_only():
     # Their region captions name the extra colours too; without the option no caption does.
     regions = make_synthetic_region_captions(60, seed=7, image_size=128, extra_colours=True)
     assert sum(named.values()) == len(regions) and any(set(EXTRA_COLOURS) & set(c.split()) for c in regions["caption"])
+    with pytest.raises(ValueError, match="must be names of `PALETTE`"):
+        generate_scene(np.random.default_rng(0), colours=("red", "mauve"))
     plain = make_synthetic_captions(60, seed=7, image_size=128)["caption"]
     assert not any(set(EXTRA_COLOURS) & set(caption.replace(",", " ").split()) for caption in plain)

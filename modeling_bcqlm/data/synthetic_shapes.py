@@ -23,8 +23,9 @@ pick out exactly one object. Five types:
   answered yes and no equally often; the compared attribute never appears in the descriptions.
 
 With `extra_colours` (captions only), scenes also hold shapes in `EXTRA_COLOURS`, five colours no question asks
-about: every shape then comes in ten colours, so that an image tower trained on the captions learns shape apart from
-colour rather than from the few colours each shape has in the questions' scenes.
+about: every shape then comes in nine or ten colours (the held-out combinations stay out), so that an image tower
+trained on the captions learns shape apart from colour rather than from the few colours each shape has in the
+questions' scenes.
 
 With `vary_style`, each scene is drawn in a style of its own (`random_style`): a random light background, each
 shape's colour shaded by up to `STYLE_SHADE` per channel, its radius scaled within `STYLE_SCALE`, and half of the images
@@ -252,6 +253,8 @@ def generate_scene(
         num_objects = int(rng.integers(1, MAX_OBJECTS + 1))
     if not 1 <= num_objects <= MAX_OBJECTS:
         raise ValueError(f"`num_objects` must be between 1 and {MAX_OBJECTS}, got {num_objects}.")
+    if unknown := sorted(set(colours) - set(PALETTE)):
+        raise ValueError(f"`colours` must be names of `PALETTE` ({', '.join(PALETTE)}), got {unknown}.")
     all_combinations = list(itertools.product(SHAPES, colours))
     seen_combinations = [combination for combination in all_combinations if combination not in HELD_OUT_COMBINATIONS]
     while True:
