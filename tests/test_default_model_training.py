@@ -98,13 +98,16 @@ def test_no_vary_style_draws_every_scene_in_the_generators_style(tmp_path):
     import numpy as np
 
     from examples.train_default_model import make_data, parse_args
-    from modeling_bcqlm.data.synthetic_shapes import BACKGROUND_COLOUR, PALETTE
+    from modeling_bcqlm.data.synthetic_shapes import BACKGROUND_COLOUR, COLOURS, PALETTE
+
+    def colours(image):
+        return {tuple(rgb) for rgb in np.asarray(image.convert("RGB")).reshape(-1, 3).tolist()}
 
     args = parse_args(["--quick", "--no-vary_style", "--output_dir", str(tmp_path / "model")])
     splits, captions, _ = make_data(args, tmp_path)
-    palette = {tuple(rgb) for rgb in PALETTE.values()} | {BACKGROUND_COLOUR}
-    for image in [*splits["train"]["image"], *captions["image"]]:
-        assert {tuple(rgb) for rgb in np.asarray(image.convert("RGB")).reshape(-1, 3).tolist()} <= palette
+    # The questions' scenes in the five colours, the captioned ones in those and the extra ones, all unshaded.
+    assert all(colours(image) <= {*COLOURS.values(), BACKGROUND_COLOUR} for image in splits["train"]["image"])
+    assert all(colours(image) <= {*PALETTE.values(), BACKGROUND_COLOUR} for image in captions["image"])
 
 
 def test_extra_colours_reach_the_teachers_captions_but_not_the_questions(tmp_path):

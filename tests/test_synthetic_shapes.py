@@ -413,7 +413,7 @@ def test_varied_styles_keep_each_shape_its_colour_and_size_apart_from_the_other_
     assert 0 < sum(anti_aliased) < len(images)
 
 
-def test_extra_colours_show_every_shape_in_ten_colours_in_the_captions_only():
+def test_extra_colours_show_every_shape_in_more_colours_in_the_captions_only():
     from modeling_bcqlm.data.synthetic_shapes import EXTRA_COLOURS, PALETTE
 
     assert not set(EXTRA_COLOURS) & set(COLOURS) and len(set(PALETTE.values()) | {BACKGROUND_COLOUR}) == 11

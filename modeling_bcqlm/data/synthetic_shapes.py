@@ -204,8 +204,8 @@ class SceneObject:
 
 @dataclass(frozen=True)
 class RenderStyle:
-    """How `render_scene` draws a scene: its background, each shape's fill in scene order (`None`: the palette's
-    `COLOURS`) and whether edges are anti-aliased (drawn `SUPERSAMPLING` times larger, then averaged down)."""
+    """How `render_scene` draws a scene: its background, each shape's fill in scene order (`None`: its colour in
+    `PALETTE`) and whether edges are anti-aliased (drawn `SUPERSAMPLING` times larger, then averaged down)."""
 
     background: tuple[int, int, int] = BACKGROUND_COLOUR
     fills: tuple[tuple[int, int, int], ...] | None = None
