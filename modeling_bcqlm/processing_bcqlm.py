@@ -276,6 +276,22 @@ class BcQLMProcessor(ProcessorMixin):
         )
         return {"question_input_ids": encoding["input_ids"], "question_attention_mask": encoding["attention_mask"]}
 
+    def _process_images(self, images: ImageInput, **kwargs) -> tuple[dict, list[str]]:
+        """
+        Process each distinct image object once: prompts that pass the same image (several questions about one image)
+        share its processing, and each still gets its own `pixel_values` row.
+        """
+        images = make_flat_list_of_images(images)
+        distinct = list({id(image): image for image in images}.values())
+        if len(distinct) == len(images):
+            return super()._process_images(images, **kwargs)
+        rows = {id(image): row for row, image in enumerate(distinct)}
+        indices = [rows[id(image)] for image in images]
+        processed, replacements = super()._process_images(distinct, **kwargs)
+        for key, values in processed.items():
+            processed[key] = [values[index] for index in indices] if isinstance(values, list) else values[indices]
+        return processed, [replacements[index] for index in indices]
+
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         return self.image_token * self.image_seq_length
 

@@ -301,6 +301,25 @@ def test_nested_images(processor):
     assert flat["input_ids"] == nested["input_ids"]
 
 
+@pytest.mark.parametrize("return_tensors", [None, "np", "pt"])
+def test_an_image_passed_for_several_prompts_is_processed_once(processor, monkeypatch, return_tensors):
+    processed = []
+    process_image = processor.image_processor.process_image
+    monkeypatch.setattr(
+        processor.image_processor,
+        "process_image",
+        lambda image, *args, **kwargs: processed.append(image) or process_image(image, *args, **kwargs),
+    )
+    a, b = make_image(seed=0), make_image(seed=1)
+    questions = ["Is it raining?", "Is it night?", "Is it red?"]
+    shared = processor(images=[a, b, a], text=questions, return_tensors=return_tensors)
+    assert len(processed) == 2
+    copies = processor(images=[a, b, a.copy()], text=questions, return_tensors=return_tensors)
+    assert len(processed) == 5
+    np.testing.assert_array_equal(np.stack(shared["pixel_values"]), np.stack(copies["pixel_values"]))
+    assert np.asarray(shared["input_ids"]).tolist() == np.asarray(copies["input_ids"]).tolist()
+
+
 def test_mixed_batch_with_text_only_prompt(processor):
     out = processor(
         images=[[make_image()], []],
@@ -526,9 +545,13 @@ def test_default_chat_template_round_trip(processor, tmp_path):
     assert reloaded.image_seq_length == SEQ
 
 
-def test_collators_read_images_as_the_image_processor_does(tmp_path):
+def test_collators_read_images_as_the_image_processor_does(tmp_path, monkeypatch):
+    from transformers import image_transforms
+
     from modeling_bcqlm.data.images import to_rgb_images
 
+    warnings = []
+    monkeypatch.setattr(image_transforms.logger, "warning_once", warnings.append)
     transparent = Image.new("RGBA", (4, 4), (255, 0, 0, 0))  # fully transparent red
     white_16bit = Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16))
     white_16bit.save(tmp_path / "white.png")
@@ -537,3 +560,4 @@ def test_collators_read_images_as_the_image_processor_does(tmp_path):
     # `convert("RGB")` would give black and clipped pixels.
     assert np.asarray(converted[0]).tolist() == np.full((4, 4, 3), 255).tolist()
     assert np.asarray(converted[1]).min() == 255
+    assert warnings == []  # no deprecation of transformers' conversion

@@ -427,12 +427,19 @@ def test_freeze_for_stage2_decoder_options(decoder):
 def test_vqa_collator_holds_each_image_once_with_the_same_loss_and_gradients():
     model, processor = make_model_and_processor()
     model.eval()  # the tower's batch-norm statistics are then the same whatever else the batch holds
-    a, b = make_image(seed=0), make_image(seed=1)
-    questions = [(a, "What colour is it?"), (b, "Is it red?"), (a, "How many are there?"), (b, "What shape is it?")]
-    rows = [{"image": image, "question": question, "answer": "red"} for image, question in questions]
+    # Equal images, not the same objects: a dataset decodes each row's image anew.
+    questions = [(0, "What colour is it?"), (1, "Is it red?"), (0, "How many are there?"), (1, "What shape is it?")]
+    rows = [{"image": make_image(seed=seed), "question": question, "answer": "red"} for seed, question in questions]
+    processed = []
+    process_image = processor.image_processor.process_image
+    processor.image_processor.process_image = lambda image, *args, **kwargs: (
+        processed.append(image) or process_image(image, *args, **kwargs)
+    )
     shared = BcQLMVQACollator(processor)(rows)
+    assert len(processed) == 2  # each distinct image processed once
     separate = BcQLMVQACollator(processor, deduplicate_images=False)(rows)
     assert len(shared["pixel_values"]) == 2 and len(separate["pixel_values"]) == 4 and "image_indices" not in separate
+    assert shared["image_indices"].tolist() == [0, 1, 0, 1]
     assert torch.equal(shared["pixel_values"][shared["image_indices"]], separate["pixel_values"])
 
     tower = model.model.breezeclip.vision_model

@@ -14,7 +14,8 @@ def to_rgb_images(images: list) -> list:
     PIL images, local paths or URLs as RGB PIL images: 16-bit and float images rescaled to 8 bits, transparency
     composited onto white (where `image.convert("RGB")` would clip and blacken them).
     """
-    return [convert_to_rgb(to_8bit(image)) for image in BcQLMImageProcessor().fetch_images(list(images))]
+    images = BcQLMImageProcessor().fetch_images(list(images))
+    return [Image.fromarray(convert_to_rgb(to_8bit(image), return_numpy=True)) for image in images]
 
 
 def border_colour(image) -> tuple[int, int, int]:

@@ -103,9 +103,13 @@ class BcQLMVQACollator:
                     "and keep the raw columns with `remove_unused_columns=False`."
                 )
         tokenizer = self.processor.tokenizer
-        images = to_rgb_images([row[self.image_column] for row in rows])
+        images, image_indices = _distinct_images(to_rgb_images([row[self.image_column] for row in rows]))
+        # The processor processes an image object passed for several prompts once.
         prompts = self.processor(
-            images=images, text=[row[self.question_column] for row in rows], padding=False, return_tensors=None
+            images=[images[index] for index in image_indices],
+            text=[row[self.question_column] for row in rows],
+            padding=False,
+            return_tensors=None,
         )
         answers = tokenizer(
             [" " + str(row[self.answer_column]).strip() for row in rows], add_special_tokens=False
@@ -128,14 +132,27 @@ class BcQLMVQACollator:
             "labels": torch.tensor([label + [-100] * (width - len(label)) for label in labels]),
             "question_input_ids": torch.tensor(prompts["question_input_ids"]),
             "question_attention_mask": torch.tensor(prompts["question_attention_mask"]),
-            **self._images(torch.as_tensor(np.array(prompts["pixel_values"]))),
+            **self._images(prompts["pixel_values"], image_indices),
         }
 
-    def _images(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _images(self, pixel_values: list[np.ndarray], image_indices: list[int]) -> dict[str, torch.Tensor]:
         if not self.deduplicate_images:
-            return {"pixel_values": pixel_values}
-        pixel_values, image_indices = torch.unique(pixel_values, dim=0, return_inverse=True)
-        return {"pixel_values": pixel_values, "image_indices": image_indices}
+            return {"pixel_values": torch.as_tensor(np.array(pixel_values))}
+        first_rows = [image_indices.index(index) for index in range(max(image_indices) + 1)]
+        distinct = np.array([pixel_values[row] for row in first_rows])
+        return {"pixel_values": torch.as_tensor(distinct), "image_indices": torch.tensor(image_indices)}
+
+
+def _distinct_images(images: list) -> tuple[list, list[int]]:
+    """The distinct images of a list of RGB PIL images (equal pixels), and the index among them of each image."""
+    indices, distinct, image_indices = {}, [], []
+    for image in images:
+        key = (image.size, image.tobytes())
+        if key not in indices:
+            indices[key] = len(distinct)
+            distinct.append(image)
+        image_indices.append(indices[key])
+    return distinct, image_indices
 
 
 DECODER_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
