@@ -304,11 +304,11 @@ def test_nested_images(processor):
 @pytest.mark.parametrize("return_tensors", [None, "np", "pt"])
 def test_an_image_passed_for_several_prompts_is_processed_once(processor, monkeypatch, return_tensors):
     processed = []
-    process_image = processor.image_processor.process_image
+    process_image = BcQLMImageProcessor.process_image  # patched on the class: the fixture is shared
     monkeypatch.setattr(
-        processor.image_processor,
+        BcQLMImageProcessor,
         "process_image",
-        lambda image, *args, **kwargs: processed.append(image) or process_image(image, *args, **kwargs),
+        lambda self, image, *args, **kwargs: processed.append(image) or process_image(self, image, *args, **kwargs),
     )
     a, b = make_image(seed=0), make_image(seed=1)
     questions = ["Is it raining?", "Is it night?", "Is it red?"]

@@ -424,16 +424,18 @@ def test_freeze_for_stage2_decoder_options(decoder):
         freeze_for_stage2(model, decoder="lora")
 
 
-def test_vqa_collator_holds_each_image_once_with_the_same_loss_and_gradients():
+def test_vqa_collator_holds_each_image_once_with_the_same_loss_and_gradients(monkeypatch):
     model, processor = make_model_and_processor()
     model.eval()  # the tower's batch-norm statistics are then the same whatever else the batch holds
     # Equal images, not the same objects: a dataset decodes each row's image anew.
     questions = [(0, "What colour is it?"), (1, "Is it red?"), (0, "How many are there?"), (1, "What shape is it?")]
     rows = [{"image": make_image(seed=seed), "question": question, "answer": "red"} for seed, question in questions]
     processed = []
-    process_image = processor.image_processor.process_image
-    processor.image_processor.process_image = lambda image, *args, **kwargs: (
-        processed.append(image) or process_image(image, *args, **kwargs)
+    process_image = type(processor.image_processor).process_image
+    monkeypatch.setattr(
+        type(processor.image_processor),
+        "process_image",
+        lambda self, image, *args, **kwargs: processed.append(image) or process_image(self, image, *args, **kwargs),
     )
     shared = BcQLMVQACollator(processor)(rows)
     assert len(processed) == 2  # each distinct image processed once
