@@ -7,6 +7,8 @@ The steps are those of `examples/train_vqa.py`'s `Trainer`: rows of generated sc
 order, as `examples/train_default_model.py` feeds them) batched by `BcQLMVQACollator`, the model's forward with the
 labels, backward, AdamW. Each step is timed by phase (rows read from the dataset, collate, forward by part of the
 model, backward, optimizer), after `--warmup` untimed steps. Prints a Markdown table.
+`--precompute_vision_features` first runs the frozen image tower once per image (`train_vqa.py
+--precompute_vision_features`), timed apart, and the steps train on its features.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from benchmarks.lib.system import machine_info
 from benchmarks.lib.timing import PartTimer
 from modeling_bcqlm import DEFAULT_MODEL, BcQLMForConditionalGeneration, BcQLMProcessor
 from modeling_bcqlm.data.synthetic_shapes import make_synthetic_vqa
-from modeling_bcqlm.training import BcQLMVQACollator, freeze_for_stage2
+from modeling_bcqlm.training import BcQLMVQACollator, freeze_for_stage2, precompute_vision_features
 
 
 PHASES = ("rows", "collate", "forward", "backward", "optimizer")
@@ -64,6 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precompute_vision_features", action="store_true", help="the tower once per image first")
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -79,6 +82,11 @@ def main(argv: list[str] | None = None) -> dict:
     collator = BcQLMVQACollator(processor)
 
     results = {"machine": machine_info(args.threads), "model": str(args.model), "runs": {}}
+    if args.precompute_vision_features:
+        start = time.perf_counter()
+        dataset = precompute_vision_features(dataset, model, processor)
+        results["precompute_ms_per_question"] = 1000 * (time.perf_counter() - start) / len(dataset)
+        print(f"precomputed the vision features: {results['precompute_ms_per_question']:.2f} ms per question")
     lines = ["| batch | questions/s | " + " | ".join(f"{phase} ms" for phase in PHASES) + " | forward by part (ms) |"]
     lines.append("|---:|---:|" + "---:|" * len(PHASES) + "---|")
     for batch_size in batch_sizes:

@@ -28,7 +28,8 @@
    `full` trains BreezeCLIP too, and the question loss then wipes the colour out of its cells before the read-out
    learns to use it), at lr 5e-4 for 12,000 steps of 32 over 48,000 images, so that few images come back (with fewer
    images shown more often the read-out learns them by heart). Each image's questions stay together in the shuffled
-   training order, so that a batch runs the image tower once per image (`order_by_image`).
+   training order, so that a batch runs the image tower once per image (`order_by_image`); with BreezeCLIP frozen, the
+   tower runs once per image before training (`--precompute_vision_features`), and the steps train on its features.
 7. `examples/evaluate_vqa.py` scores it on the test split, all of it and its held-out combinations apart.
 
 `--quick` runs every step on a few examples for a smoke test. `--work_dir` keeps the intermediate folders.
@@ -351,6 +352,7 @@ def train_bcqlm(args, work: Path) -> None:
         "--train_data", work / "vqa", "--train_split", "train",
         "--output_dir", work / "vqa_run",
         "--recipe", args.recipe,
+        *(["--precompute_vision_features"] if args.recipe != "full" else []),
         "--train_sampling_strategy", "sequential",  # the order of `order_by_image`
         "--num_train_epochs", args.vqa_epochs,
         "--per_device_train_batch_size", "32",

@@ -9,7 +9,8 @@
 The model is a BcQLM folder or Hub id (e.g. one made by `conversion/compose_bcqlm.py`). By default it trains with the
 paper's recipe: BreezeCLIP and the decoder frozen, the visual adapter and Q-GCAM trained (`--recipe frozen_vision`
 trains the decoder too, `--recipe full` everything; `--lora` adds LoRA adapters to the decoder, merged into the saved
-model). Data: the VQAv2, GQA and VizWiz
+model; `--precompute_vision_features` runs the frozen image tower once per image before training). Data: the VQAv2, GQA
+and VizWiz
 files, a .jsonl/.csv/.json file with image, question and answer(s), a folder, or a Hub dataset id (see
 `modeling_bcqlm.data.loaders.load_vqa_dataset`). The output folder holds the trained model and its processor (loadable
 with `from_pretrained`), the checkpoints and `all_results.json`. Runs under `accelerate launch` as well.
@@ -24,7 +25,12 @@ from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from modeling_bcqlm import BcQLMForConditionalGeneration, BcQLMProcessor
 from modeling_bcqlm.data.loaders import load_vqa_dataset
-from modeling_bcqlm.training import BcQLMVQACollator, add_decoder_lora, freeze_for_stage2
+from modeling_bcqlm.training import (
+    BcQLMVQACollator,
+    add_decoder_lora,
+    freeze_for_stage2,
+    precompute_vision_features,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -55,6 +61,13 @@ class VQAScriptArguments:
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    precompute_vision_features: bool = field(
+        default=False,
+        metadata={
+            "help": "Run the frozen image tower once per image before training and train on its features (faster "
+            "steps; not with --recipe full, which trains the tower)."
+        },
+    )
     max_answer_tokens: int | None = field(default=None, metadata={"help": "Truncate answers to this many tokens."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use the first N training examples only."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use the first N validation examples only."})
@@ -82,6 +95,11 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError("--remove_unused_columns must stay False: the collator reads the raw image and text columns.")
     if script_args.recipe not in RECIPES:
         raise ValueError(f"--recipe must be one of {RECIPES}, got {script_args.recipe!r}.")
+    if script_args.precompute_vision_features and script_args.recipe == "full":
+        raise ValueError(
+            "--precompute_vision_features computes the image tower's features once, but --recipe full trains the "
+            "tower: use --recipe stage2 or frozen_vision with it, or leave it out."
+        )
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
     set_seed(training_args.seed)
@@ -115,6 +133,11 @@ def main(argv: list[str] | None = None) -> dict:
             script_args.validation_annotations_file,
             script_args.max_eval_samples,
         )
+
+    if script_args.precompute_vision_features:
+        train_dataset = precompute_vision_features(train_dataset, model, processor)
+        if eval_dataset is not None:
+            eval_dataset = precompute_vision_features(eval_dataset, model, processor)
 
     trainer = Trainer(
         model=model,

@@ -325,6 +325,29 @@ class BcQLMModel(BcQLMPreTrainedModel):
             hidden_size)` (the `image_features` input of `forward`), `last_hidden_state` BreezeCLIP's projected patch
             features `(num_images, num_patches, projection_dim)`, and `hidden_states` the image tower's.
         """
+        image_outputs = self._image_tower(pixel_values)
+        image_outputs.pooler_output = self.adapt_vision_features(self._vision_features(image_outputs))
+        return image_outputs
+
+    def get_vision_features(self, pixel_values: torch.FloatTensor) -> torch.Tensor:
+        """
+        BreezeCLIP's visual tokens before the adapter, as `vision_feature_mode` selects them: `(num_images,
+        image_seq_length, projection_dim)` (the `vision_features` input of `forward`). Training with BreezeCLIP frozen
+        can compute them once per image.
+        """
+        return self._vision_features(self._image_tower(pixel_values))
+
+    def adapt_vision_features(self, vision_features: torch.Tensor) -> torch.Tensor:
+        """The visual adapter: `(num_images, image_seq_length, projection_dim)` -> `(..., hidden_size)`."""
+        expected = (self.config.image_seq_length, self.config.breezeclip_config.projection_dim)
+        if vision_features.dim() != 3 or tuple(vision_features.shape[1:]) != expected:
+            raise ValueError(
+                f"`vision_features` must have shape (num_images, {expected[0]}, {expected[1]}) as "
+                f"`get_vision_features` returns them, got {tuple(vision_features.shape)}."
+            )
+        return self.visual_adapter(vision_features.to(self.get_input_embeddings().weight.dtype))
+
+    def _image_tower(self, pixel_values: torch.FloatTensor) -> BaseModelOutputWithPooling:
         vision_config = self.config.breezeclip_config.vision_config
         expected = (vision_config.num_channels, vision_config.image_size, vision_config.image_size)
         if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
@@ -332,15 +355,14 @@ class BcQLMModel(BcQLMPreTrainedModel):
                 f"`pixel_values` must have shape (batch_size, {', '.join(map(str, expected))}), got "
                 f"{tuple(pixel_values.shape)}. Prepare images with BcQLMProcessor / BcQLMImageProcessor."
             )
-        image_outputs = self.breezeclip.get_image_features(pixel_values)
+        return self.breezeclip.get_image_features(pixel_values)
+
+    def _vision_features(self, image_outputs: BaseModelOutputWithPooling) -> torch.Tensor:
         if self.config.vision_feature_mode == "pooled":
             features = image_outputs.pooler_output[:, None]
         else:
             features = image_outputs.last_hidden_state
-        if self.config.normalize_features:
-            features = F.normalize(features, dim=-1)
-        image_outputs.pooler_output = self.visual_adapter(features.to(self.get_input_embeddings().weight.dtype))
-        return image_outputs
+        return F.normalize(features, dim=-1) if self.config.normalize_features else features
 
     def get_question_features(
         self, question_input_ids: torch.LongTensor, question_attention_mask: torch.Tensor | None = None
@@ -430,12 +452,17 @@ class BcQLMModel(BcQLMPreTrainedModel):
         question_attention_mask: torch.Tensor | None = None,
         image_features: torch.FloatTensor | None = None,
         image_indices: torch.LongTensor | None = None,
+        vision_features: torch.FloatTensor | None = None,
         **kwargs,
     ) -> BcQLMModelOutputWithPast:
         r"""
         image_features (`torch.FloatTensor` of shape `(batch_size, image_seq_length, hidden_size)`, *optional*):
             The `pooler_output` of [`~BcQLMModel.get_image_features`], passed instead of `pixel_values` to ask several
             questions about the same images without running the image tower again.
+        vision_features (`torch.FloatTensor` of shape `(batch_size, image_seq_length, projection_dim)`, *optional*):
+            [`~BcQLMModel.get_vision_features`] (before the adapter), passed instead of `pixel_values` when training
+            with BreezeCLIP frozen: computed once per image, they still train the adapter
+            ([`~modeling_bcqlm.training.precompute_vision_features`]).
         image_indices (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             The row of `pixel_values` (or `image_features`) each prompt asks about, for training batches that hold
             several questions per image and each image once ([`BcQLMVQACollator`] builds them). Without it, row i
@@ -448,11 +475,16 @@ class BcQLMModel(BcQLMPreTrainedModel):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         if input_ids is not None:
             _check_ids("input_ids", input_ids, None)
-        if pixel_values is not None and image_features is not None:
-            raise ValueError("Pass either `pixel_values` or precomputed `image_features`, not both.")
+        given = {"pixel_values": pixel_values, "image_features": image_features, "vision_features": vision_features}
+        given = [name for name, value in given.items() if value is not None]
+        if len(given) > 1:
+            raise ValueError(
+                f"Pass one of `pixel_values`, `vision_features` or `image_features` (the same image at three stages), "
+                f"got {', '.join(given)}."
+            )
 
         fused_features = None
-        if pixel_values is not None or image_features is not None:
+        if given:
             if input_ids is None:
                 raise ValueError("Images need `input_ids` holding the `<image>` placeholder tokens.")
             if question_input_ids is None:
@@ -460,8 +492,10 @@ class BcQLMModel(BcQLMPreTrainedModel):
                     "Images need `question_input_ids` (the question for the question encoder); build the inputs with "
                     "BcQLMProcessor."
                 )
-            if image_features is None:
+            if pixel_values is not None:
                 image_features = self.get_image_features(pixel_values).pooler_output
+            elif vision_features is not None:
+                image_features = self.adapt_vision_features(vision_features)
             if image_indices is not None:
                 image_features = self._select_images(image_features, image_indices, len(input_ids))
             fused_features = self.get_fused_image_features(image_features, question_input_ids, question_attention_mask)
@@ -544,6 +578,7 @@ class BcQLMForConditionalGeneration(BcQLMPreTrainedModel, GenerationMixin):
         question_attention_mask: torch.Tensor | None = None,
         image_features: torch.FloatTensor | None = None,
         image_indices: torch.LongTensor | None = None,
+        vision_features: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
@@ -558,6 +593,8 @@ class BcQLMForConditionalGeneration(BcQLMPreTrainedModel, GenerationMixin):
                 `get_image_features`, instead of `pixel_values`: several questions about one image run its tower once.
             image_indices: `(batch_size,)`, the row of `pixel_values` each prompt asks about (training batches that
                 hold each image once); not for `generate`, which takes one image per prompt.
+            vision_features: `(batch_size, image_seq_length, projection_dim)`, `get_vision_features` (before the
+                adapter), instead of `pixel_values`: training with BreezeCLIP frozen computes them once per image.
             labels: `(batch_size, sequence_length)` target ids, -100 where no loss is taken.
             kwargs: passed to the decoder, its key/value cache included (`cache`; `past_key_values` before
                 transformers 5.24).
@@ -580,6 +617,7 @@ class BcQLMForConditionalGeneration(BcQLMPreTrainedModel, GenerationMixin):
             question_attention_mask=question_attention_mask,
             image_features=image_features,
             image_indices=image_indices,
+            vision_features=vision_features,
             **kwargs,
         )
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
@@ -601,6 +639,7 @@ class BcQLMForConditionalGeneration(BcQLMPreTrainedModel, GenerationMixin):
         question_input_ids=None,
         question_attention_mask=None,
         image_features=None,
+        vision_features=None,
         use_cache=True,
         is_first_iteration=False,
         **kwargs,
@@ -619,6 +658,7 @@ class BcQLMForConditionalGeneration(BcQLMPreTrainedModel, GenerationMixin):
             model_inputs["question_input_ids"] = question_input_ids
             model_inputs["question_attention_mask"] = question_attention_mask
             model_inputs["image_features"] = image_features
+            model_inputs["vision_features"] = vision_features
         return model_inputs
 
 

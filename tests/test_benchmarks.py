@@ -553,6 +553,12 @@ def test_fine_tune_speed_times_each_phase_of_the_recipes_steps(tmp_path):
         assert run["questions_per_s"] == pytest.approx(batch_size / sum(medians[phase] for phase in PHASES), rel=0.5)
     assert json.loads(output.read_text())["runs"].keys() == {"4", "8"}
 
+    # With the tower's features computed first, the steps do not run it.
+    results = main(["--batch_sizes", "4", "--steps", "2", "--warmup", "1", "--threads", "1", "--precompute_vision_features"])
+    medians = results["runs"][4]["median_s"]
+    assert results["precompute_ms_per_question"] > 0 and medians["forward: image tower"] == 0
+    assert medians["forward: question encoder"] > 0 and medians["forward: decoder"] > 0
+
 
 def test_tower_capacity_labels_cells_and_trains_the_tower(bcqlm_folder, tmp_path):
     from benchmarks.tower_capacity import cell_targets, main

@@ -378,7 +378,7 @@ def test_image_features_of_the_wrong_shape_or_with_pixel_values_are_reported():
     inputs = make_inputs()
     with pytest.raises(ValueError, match=r"image_features.*\(batch_size, 4, 32\)"):
         model(**{k: v for k, v in inputs.items() if k != "pixel_values"}, image_features=torch.randn(2, 4, 16))
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match="Pass one of `pixel_values`, `vision_features` or `image_features`"):
         model(**inputs, image_features=torch.randn(2, 4, 32))
 
 

@@ -34,6 +34,7 @@ from modeling_bcqlm.training import (
     patch_distillation_loss,
     pool_patch_tokens,
     precompute_teacher_embeddings,
+    precompute_vision_features,
     unfreeze,
 )
 
@@ -460,6 +461,61 @@ def test_vqa_collator_holds_each_image_once_with_the_same_loss_and_gradients(mon
     torch.testing.assert_close(shared_loss, separate_loss)
     # The copies' gradients add up in the one tower pass, as if each copy had run on its own.
     torch.testing.assert_close(shared_gradients, separate_gradients, atol=1e-5, rtol=1e-4)
+
+
+def test_precomputed_vision_features_run_the_tower_once_per_image_and_train_as_the_images(tmp_path):
+    model, processor = make_model_and_processor()
+    freeze_for_stage2(model, decoder="trained")
+    # Four images, two questions each, as the rows of a VQA dataset; equal images decoded anew from each row.
+    dataset = datasets.Dataset.from_dict(
+        {
+            "image": [make_image(seed=index // 2) for index in range(8)],
+            "question": ["What colour is the car?", "Is it red?"] * 4,
+            "answer": [COLOURS[index % 4] for index in range(8)],
+        }
+    )
+    tower_batch_sizes = []
+    hook = model.model.breezeclip.vision_model.conv_stem.register_forward_hook(
+        lambda module, args, output: tower_batch_sizes.append(len(args[0]))
+    )
+    precomputed = precompute_vision_features(dataset, model, processor, batch_size=8)
+    hook.remove()
+    assert tower_batch_sizes == [4] and "image" not in precomputed.column_names
+    pixel_values = processor.image_processor(make_image(seed=3), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        expected = model.model.get_vision_features(pixel_values)[0]
+    torch.testing.assert_close(torch.tensor(precomputed[7]["vision_features"]), expected, atol=1e-5, rtol=1e-4)
+
+    collator = BcQLMVQACollator(processor)
+    from_images, from_features = collator([dataset[i] for i in range(6)]), collator([precomputed[i] for i in range(6)])
+    assert "pixel_values" not in from_features and len(from_features["vision_features"]) == 3
+    for key in ("input_ids", "attention_mask", "labels", "question_input_ids", "question_attention_mask", "image_indices"):
+        assert torch.equal(from_features[key], from_images[key]), key
+
+    def trained_weights(train_dataset, output_dir):
+        torch.manual_seed(0)
+        trained, _ = make_model_and_processor()
+        freeze_for_stage2(trained, decoder="trained")
+        Trainer(model=trained, args=vqa_args(output_dir), train_dataset=train_dataset, data_collator=collator).train()
+        return trained.state_dict()
+
+    with_images, with_features = trained_weights(dataset, tmp_path / "a"), trained_weights(precomputed, tmp_path / "b")
+    assert not torch.equal(with_images["model.visual_adapter.weight"], model.state_dict()["model.visual_adapter.weight"])
+    for name, tensor in with_features.items():
+        torch.testing.assert_close(tensor, with_images[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_vision_features_input_errors():
+    model, processor = make_model_and_processor()
+    inputs = processor(images=make_image(), text="What is it?", return_tensors="pt")
+    vision_features = model.model.get_vision_features(inputs["pixel_values"])
+    with pytest.raises(ValueError, match="one of `pixel_values`, `vision_features` or `image_features`"):
+        model(**inputs, vision_features=vision_features)
+    inputs.pop("pixel_values")
+    with pytest.raises(ValueError, match=r"`vision_features` must have shape \(num_images, "):
+        model(**inputs, vision_features=vision_features[:, :-1])
+    with pytest.raises(ValueError, match="no 'picture' column"):
+        precompute_vision_features(make_vqa_dataset(2), model, processor, image_column="picture")
 
 
 def test_stage2_trains_only_the_adapter_and_qgcam(tmp_path):

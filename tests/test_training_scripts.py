@@ -204,6 +204,14 @@ def test_train_and_evaluate_vqa_scripts(tmp_path, data, bcqlm_folder):
     trained = BcQLMForConditionalGeneration.from_pretrained(frozen_vision_dir).state_dict()
     changed = {name.removeprefix("model.").split(".")[0] for name in trained if not torch.equal(trained[name], before[name])}
     assert changed == {"visual_adapter", "qgcam", "language_model", "lm_head"}  # the head is tied to the embeddings
+    # The tower's features computed once before training train the same weights.
+    precomputed_dir = tmp_path / "precomputed"
+    train_vqa.main([arg if arg != str(output_dir) else str(precomputed_dir) for arg in args] + ["--recipe", "frozen_vision", "--max_steps", "2", "--precompute_vision_features"])
+    precomputed = BcQLMForConditionalGeneration.from_pretrained(precomputed_dir).state_dict()
+    for name, tensor in precomputed.items():
+        torch.testing.assert_close(tensor, trained[name], atol=1e-5, rtol=1e-4, msg=name)
+    with pytest.raises(ValueError, match="--recipe full trains the tower"):
+        train_vqa.main(args + ["--recipe", "full", "--precompute_vision_features"])
 
     eval_dir = tmp_path / "eval"
     eval_args = [

@@ -13,7 +13,7 @@ from .distillation import (
     pool_patch_tokens,
     precompute_teacher_embeddings,
 )
-from .vqa import BcQLMVQACollator, add_decoder_lora, freeze_for_stage2, unfreeze
+from .vqa import BcQLMVQACollator, add_decoder_lora, freeze_for_stage2, precompute_vision_features, unfreeze
 
 
 __all__ = [
@@ -31,5 +31,6 @@ __all__ = [
     "patch_distillation_loss",
     "pool_patch_tokens",
     "precompute_teacher_embeddings",
+    "precompute_vision_features",
     "unfreeze",
 ]

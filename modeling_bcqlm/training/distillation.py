@@ -4,7 +4,6 @@
 """
 
 import hashlib
-import json
 import math
 import os
 from collections import defaultdict
@@ -21,6 +20,7 @@ from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 from ..configuration_bcqlm import BreezeCLIPConfig
 from ..data.images import cell_windows, object_windows, to_rgb_images
 from ..modeling_bcqlm import BreezeCLIPModel, BreezeCLIPPreTrainedModel
+from .fingerprints import model_fingerprint
 
 
 FEATURE_DISTILLATION_LOSSES = ("mse", "cosine")
@@ -517,18 +517,6 @@ def _window_embeddings(teacher, teacher_processor, images: list, grid: int, wind
     return embeds.float().view(len(images), grid * grid, -1).cpu().numpy()
 
 
-def _teacher_fingerprint(teacher, teacher_processor, image_column, text_column) -> str:
-    """A hash of the teacher's weights and configuration and of the processor, to name the cached embeddings."""
-    digest = hashlib.sha256()
-    digest.update(teacher.config.to_json_string().encode())
-    digest.update(json.dumps(teacher_processor.to_dict(), sort_keys=True, default=str).encode())
-    digest.update(f"{image_column}|{text_column}".encode())
-    for name, tensor in teacher.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def precompute_teacher_embeddings(
     dataset,
     teacher,
@@ -565,7 +553,7 @@ def precompute_teacher_embeddings(
             "caption file with `box_column`, or leave `box_column` unset for windows around every cell."
         )
     fingerprint = hashlib.sha256(
-        f"{dataset._fingerprint}|{_teacher_fingerprint(teacher, teacher_processor, image_column, text_column)}|"
+        f"{dataset._fingerprint}|{model_fingerprint(teacher, teacher_processor, image_column, text_column)}|"
         f"{patch_grid}|{crop_grid}|{crop_window}|{box_column}".encode()
     ).hexdigest()[:16]
     teacher = teacher.eval()

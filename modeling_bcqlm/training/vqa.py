@@ -1,8 +1,11 @@
 """Stage 2: [`BcQLMForConditionalGeneration`] trained with the plain `Trainer`. [`freeze_for_stage2`] applies the
 recipe, [`BcQLMVQACollator`] builds the prompts and masks the labels so that only the answer counts,
-[`add_decoder_lora`] adds LoRA adapters to the decoder.
+[`precompute_vision_features`] runs the frozen image tower once per image, [`add_decoder_lora`] adds LoRA adapters to
+the decoder.
 """
 
+import hashlib
+import os
 import types
 import warnings
 
@@ -11,6 +14,7 @@ import torch
 from torch import nn
 
 from ..data.images import to_rgb_images
+from .fingerprints import model_fingerprint
 
 
 STAGE2_DECODER_RECIPES = ("frozen", "adapters", "trained")
@@ -62,7 +66,8 @@ class BcQLMVQACollator:
     answer` and the end-of-text token; `labels` are -100 everywhere but on the answer's tokens and the end-of-text
     token, so only the answer counts. Sequences are right-padded (positions match generation's left-padded prompts,
     which take their positions from the attention mask). Each distinct image is in `pixel_values` once, with
-    `image_indices` giving each sequence's row: several questions about one image run the image tower once.
+    `image_indices` giving each sequence's row: several questions about one image run the image tower once. Rows
+    holding `vision_features` ([`precompute_vision_features`]) give `vision_features` instead of `pixel_values`.
 
     Args:
         processor ([`BcQLMProcessor`]): the model's processor.
@@ -96,21 +101,19 @@ class BcQLMVQACollator:
         self.deduplicate_images = deduplicate_images
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        for key in (self.image_column, self.question_column, self.answer_column):
+        image_column = VISION_FEATURES_COLUMN if VISION_FEATURES_COLUMN in rows[0] else self.image_column
+        for key in (image_column, self.question_column, self.answer_column):
             if key not in rows[0]:
                 raise KeyError(
                     f"The rows have no {key!r} column (they have {sorted(rows[0])}): set the collator's column names, "
                     "and keep the raw columns with `remove_unused_columns=False`."
                 )
         tokenizer = self.processor.tokenizer
-        images, image_indices = _distinct_images(to_rgb_images([row[self.image_column] for row in rows]))
-        # The processor processes an image object passed for several prompts once.
-        prompts = self.processor(
-            images=[images[index] for index in image_indices],
-            text=[row[self.question_column] for row in rows],
-            padding=False,
-            return_tensors=None,
-        )
+        questions = [row[self.question_column] for row in rows]
+        if image_column == VISION_FEATURES_COLUMN:
+            prompts, images = self._prompts_for_features([row[image_column] for row in rows], questions)
+        else:
+            prompts, images = self._prompts_for_images([row[image_column] for row in rows], questions)
         answers = tokenizer(
             [" " + str(row[self.answer_column]).strip() for row in rows], add_special_tokens=False
         )["input_ids"]
@@ -132,15 +135,37 @@ class BcQLMVQACollator:
             "labels": torch.tensor([label + [-100] * (width - len(label)) for label in labels]),
             "question_input_ids": torch.tensor(prompts["question_input_ids"]),
             "question_attention_mask": torch.tensor(prompts["question_attention_mask"]),
-            **self._images(prompts["pixel_values"], image_indices),
+            **images,
         }
 
-    def _images(self, pixel_values: list[np.ndarray], image_indices: list[int]) -> dict[str, torch.Tensor]:
+    def _prompts_for_images(self, images: list, questions: list[str]) -> tuple[dict, dict[str, torch.Tensor]]:
+        images, image_indices = _distinct_images(to_rgb_images(images))
+        # The processor processes an image object passed for several prompts once.
+        prompts = self.processor(
+            images=[images[index] for index in image_indices], text=questions, padding=False, return_tensors=None
+        )
+        return prompts, self._images("pixel_values", prompts["pixel_values"], image_indices)
+
+    def _prompts_for_features(self, features: list, questions: list[str]) -> tuple[dict, dict[str, torch.Tensor]]:
+        """The processor's prompts for rows whose image is already `vision_features`, without an image to process."""
+        processor = self.processor
+        texts, questions = processor._make_prompts(questions, with_images=True)
+        image_tokens = processor.image_token * processor.image_seq_length
+        prompts = processor.tokenizer([text.replace(processor.image_token, image_tokens) for text in texts])
+        prompts.update(processor._encode_questions(questions))
+        features = [np.asarray(feature, dtype=np.float32) for feature in features]
+        distinct, image_indices = {}, []
+        for feature in features:
+            image_indices.append(distinct.setdefault(feature.tobytes(), len(distinct)))
+        return prompts, self._images(VISION_FEATURES_COLUMN, features, image_indices)
+
+    def _images(self, key: str, images: list[np.ndarray], image_indices: list[int]) -> dict[str, torch.Tensor]:
+        """`key` (`pixel_values` or `vision_features`) for each distinct image, and `image_indices`."""
         if not self.deduplicate_images:
-            return {"pixel_values": torch.as_tensor(np.array(pixel_values))}
+            return {key: torch.as_tensor(np.array(images))}
         first_rows = [image_indices.index(index) for index in range(max(image_indices) + 1)]
-        distinct = np.array([pixel_values[row] for row in first_rows])
-        return {"pixel_values": torch.as_tensor(distinct), "image_indices": torch.tensor(image_indices)}
+        distinct = np.array([images[row] for row in first_rows])
+        return {key: torch.as_tensor(distinct), "image_indices": torch.tensor(image_indices)}
 
 
 def _distinct_images(images: list) -> tuple[list, list[int]]:
@@ -153,6 +178,53 @@ def _distinct_images(images: list) -> tuple[list, list[int]]:
             distinct.append(image)
         image_indices.append(indices[key])
     return distinct, image_indices
+
+
+VISION_FEATURES_COLUMN = "vision_features"
+
+
+@torch.no_grad()
+def precompute_vision_features(
+    dataset, model, processor, image_column: str = "image", batch_size: int = 256, cache_dir: str | None = None
+):
+    """
+    Run BcQLM's frozen image tower once per distinct image of a `datasets.Dataset` (equal images in one map batch run
+    once) and replace `image_column` by a `vision_features` column (`model.model.get_vision_features`, `(image_seq_length,
+    projection_dim)` floats per row). [`BcQLMVQACollator`] then batches the features instead of processing images, and
+    the model adapts them without running BreezeCLIP: for stage 2 with BreezeCLIP frozen only ([`freeze_for_stage2`]).
+    Cached by `datasets` as [`~modeling_bcqlm.training.precompute_teacher_embeddings`] is, keyed by the dataset and by
+    a hash of BreezeCLIP's weights, the model's configuration and the image processor.
+    """
+    if image_column not in dataset.column_names:
+        raise ValueError(
+            f"The dataset has no {image_column!r} column (it has {dataset.column_names}): pass the column of the images."
+        )
+    inner = model.model
+    settings = (model.config.to_json_string(), image_column)
+    fingerprint = f"{dataset._fingerprint}-{model_fingerprint(inner.breezeclip, processor.image_processor, *settings)}"
+    fingerprint = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+    dtype = next(inner.breezeclip.parameters()).dtype
+
+    def add_features(batch):
+        images, image_indices = _distinct_images(to_rgb_images(batch[image_column]))
+        pixel_values = processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        features = inner.get_vision_features(pixel_values.to(inner.device, dtype)).float().cpu().numpy()
+        return {VISION_FEATURES_COLUMN: features[image_indices]}
+
+    was_training = inner.breezeclip.training
+    inner.breezeclip.eval()
+    try:
+        return dataset.map(
+            add_features,
+            batched=True,
+            batch_size=batch_size,
+            remove_columns=[image_column],
+            new_fingerprint=fingerprint,
+            cache_file_name=os.path.join(cache_dir, f"vision_features-{fingerprint}.arrow") if cache_dir else None,
+            desc="Vision features",
+        )
+    finally:
+        inner.breezeclip.train(was_training)
 
 
 DECODER_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -182,4 +254,4 @@ def add_decoder_lora(model, r: int = 8, lora_alpha: int = 16, lora_dropout: floa
         return get_peft_model(model, config)
 
 
-__all__ = ["BcQLMVQACollator", "add_decoder_lora", "freeze_for_stage2", "unfreeze"]
+__all__ = ["BcQLMVQACollator", "add_decoder_lora", "freeze_for_stage2", "precompute_vision_features", "unfreeze"]
