@@ -505,10 +505,15 @@ def test_precomputed_vision_features_run_the_tower_once_per_image_and_train_as_t
         torch.testing.assert_close(tensor, with_images[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_vision_features_input_errors():
+def test_vision_features_answer_as_the_pixels_and_input_errors():
     model, processor = make_model_and_processor()
     inputs = processor(images=make_image(), text="What is it?", return_tensors="pt")
     vision_features = model.model.get_vision_features(inputs["pixel_values"])
+    text_inputs = {key: value for key, value in inputs.items() if key != "pixel_values"}
+    with torch.no_grad():
+        expected = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+        answer = model.generate(**text_inputs, vision_features=vision_features, max_new_tokens=5, do_sample=False)
+    assert torch.equal(answer, expected)
     with pytest.raises(ValueError, match="one of `pixel_values`, `vision_features` or `image_features`"):
         model(**inputs, vision_features=vision_features)
     inputs.pop("pixel_values")
