@@ -464,9 +464,9 @@ class BcQLMModel(BcQLMPreTrainedModel):
             with BreezeCLIP frozen: computed once per image, they still train the adapter
             ([`~modeling_bcqlm.training.precompute_vision_features`]).
         image_indices (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
-            The row of `pixel_values` (or `vision_features`, `image_features`) each prompt asks about, for training batches that hold
-            several questions per image and each image once ([`BcQLMVQACollator`] builds them). Without it, row i
-            goes with prompt i.
+            The row of `pixel_values` (or `vision_features`, `image_features`) each prompt asks about, for training
+            batches that hold several questions per image and each image once ([`BcQLMVQACollator`] builds them).
+            Without it, row i goes with prompt i.
 
         Other keyword arguments go to the decoder: its key/value cache (`cache`; `past_key_values` before
         transformers 5.24), `use_cache`, `output_attentions`, `output_hidden_states`.

@@ -18,6 +18,8 @@ from .fingerprints import model_fingerprint
 
 
 STAGE2_DECODER_RECIPES = ("frozen", "adapters", "trained")
+# The column of `precompute_vision_features`, which `BcQLMVQACollator` batches in place of the images.
+VISION_FEATURES_COLUMN = "vision_features"
 
 
 def _train_in_eval_mode(module: nn.Module, mode: bool = True) -> nn.Module:
@@ -180,24 +182,23 @@ def _distinct_images(images: list) -> tuple[list, list[int]]:
     return distinct, image_indices
 
 
-VISION_FEATURES_COLUMN = "vision_features"
-
-
 @torch.no_grad()
 def precompute_vision_features(
     dataset, model, processor, image_column: str = "image", batch_size: int = 256, cache_dir: str | None = None
 ):
     """
     Run BcQLM's frozen image tower once per distinct image of a `datasets.Dataset` (equal images in one map batch run
-    once) and replace `image_column` by a `vision_features` column (`model.model.get_vision_features`, `(image_seq_length,
-    projection_dim)` floats per row). [`BcQLMVQACollator`] then batches the features instead of processing images, and
-    the model adapts them without running BreezeCLIP: for stage 2 with BreezeCLIP frozen only ([`freeze_for_stage2`]).
+    once) and replace `image_column` by a `vision_features` column (`model.model.get_vision_features`,
+    `(image_seq_length, projection_dim)` floats per row). [`BcQLMVQACollator`] then batches the features instead of
+    processing images, and the model adapts them without running BreezeCLIP: for stage 2 with BreezeCLIP frozen only
+    ([`freeze_for_stage2`]).
     Cached by `datasets` as [`~modeling_bcqlm.training.precompute_teacher_embeddings`] is, keyed by the dataset and by
     a hash of BreezeCLIP's weights, the model's configuration and the image processor.
     """
     if image_column not in dataset.column_names:
         raise ValueError(
-            f"The dataset has no {image_column!r} column (it has {dataset.column_names}): pass the column of the images."
+            f"The dataset has no {image_column!r} column (it has {dataset.column_names}): pass the column of the "
+            "images."
         )
     inner = model.model
     settings = (model.config.to_json_string(), image_column)
