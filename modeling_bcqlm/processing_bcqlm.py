@@ -1,5 +1,6 @@
 """Processor of BcQLM: image processor, decoder tokenizer and question-encoder tokenizer."""
 
+import numpy as np
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import ImageInput, make_flat_list_of_images
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack
@@ -104,6 +105,7 @@ class BcQLMProcessor(ProcessorMixin):
         images: ImageInput | None = None,
         text: TextInput | list[TextInput] | None = None,
         questions: str | list[str] | None = None,
+        vision_features=None,
         **kwargs: Unpack[ProcessingKwargs],
     ) -> BatchFeature:
         r"""
@@ -117,19 +119,29 @@ class BcQLMProcessor(ProcessorMixin):
                 Bare questions or full prompts.
             questions (`str` or `list[str]`, *optional*):
                 The questions the question encoder sees, one per prompt; extracted from `text` when not given.
+            vision_features (`torch.Tensor`, `np.ndarray` or a list of them, *optional*):
+                Instead of `images`: the image tower's features of each prompt's image, `(image_seq_length,
+                projection_dim)` each ([`~BcQLMModel.get_vision_features`]), e.g. to ask many questions about an image
+                whose features were computed once. The prompts are the same as with the images.
 
         Returns:
             [`BatchFeature`]: `input_ids` and `attention_mask` `(batch_size, sequence_length)`, left-padded, with
             `image_seq_length` image tokens per image; `pixel_values` `(num_images, 3, height, width)` when images are
-            given; `question_input_ids` and `question_attention_mask` `(batch_size, question_length)`, right-padded.
+            given, `vision_features` `(num_images, image_seq_length, projection_dim)` when they are;
+            `question_input_ids` and `question_attention_mask` `(batch_size, question_length)`, right-padded.
         """
         if text is None:
             raise ValueError(
                 "BcQLM answers questions about images: pass `text` (a question or a prompt, or a list of them) "
                 "along with `images`."
             )
-        prompts, extracted_questions = self._make_prompts(text, with_images=images is not None)
+        if images is not None and vision_features is not None:
+            raise ValueError("Pass either `images` or their `vision_features`, not both.")
+        with_images = images is not None or vision_features is not None
+        prompts, extracted_questions = self._make_prompts(text, with_images=with_images)
         questions = self._check_questions(extracted_questions if questions is None else questions, len(prompts))
+        if vision_features is not None:
+            return self._prompts_for_vision_features(prompts, questions, vision_features, **kwargs)
         if images is not None:
             images = self.image_processor.fetch_images(images)
             self._check_images(images, prompts)
@@ -147,6 +159,40 @@ class BcQLMProcessor(ProcessorMixin):
         text_kwargs = self._merge_kwargs(tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)["text_kwargs"]
         inputs.update(self._encode_questions(questions, return_tensors=text_kwargs.get("return_tensors")))
         return inputs
+
+    def _prompts_for_vision_features(self, prompts, questions, vision_features, **kwargs) -> BatchFeature:
+        """The inputs of `__call__` for prompts whose images come as the image tower's features."""
+        features = [_as_float_array(feature) for feature in vision_features]
+        num_with_image = sum(self.image_token in prompt for prompt in prompts)
+        if len(features) != num_with_image:
+            raise ValueError(
+                f"Got the features of {len(features)} image(s) for {num_with_image} prompt(s) holding "
+                f"{self.image_token}: pass one `vision_features` row per question."
+            )
+        for index, feature in enumerate(features):
+            if len(feature.shape) != 2 or feature.shape[0] != self.image_seq_length:
+                raise ValueError(
+                    f"`vision_features[{index}]` has shape {tuple(feature.shape)}, but each image's features are "
+                    f"(image_seq_length={self.image_seq_length}, projection_dim) as `get_vision_features` returns "
+                    "them for one image."
+                )
+        text_kwargs = self._merge_kwargs(tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)["text_kwargs"]
+        return_tensors = text_kwargs.pop("return_tensors", None)
+        image_tokens = self.image_token * self.image_seq_length
+        inputs = self.tokenizer([prompt.replace(self.image_token, image_tokens) for prompt in prompts], **text_kwargs)
+        if not text_kwargs.get("truncation"):
+            self._check_prompt_lengths(inputs["attention_mask"])
+        for index, (prompt, ids) in enumerate(zip(prompts, inputs["input_ids"])):
+            kept, expected = list(ids).count(self.image_token_id), self.image_seq_length * (self.image_token in prompt)
+            if kept != expected:
+                raise ValueError(
+                    f"Prompt {index} keeps {kept} of its {expected} image tokens after truncation: raise `max_length` "
+                    "or leave `truncation` off."
+                )
+        if return_tensors is not None:
+            features = np.stack(features)
+        inputs = {**inputs, **self._encode_questions(questions), "vision_features": features}
+        return BatchFeature(inputs, tensor_type=return_tensors)
 
     def _make_prompts(self, text, with_images: bool) -> tuple[list[str], list[str]]:
         """Turn bare questions into prompts; return the prompts and the questions they ask."""
@@ -310,6 +356,13 @@ class BcQLMProcessor(ProcessorMixin):
     def model_input_names(self) -> list[str]:
         question_input_names = ["question_input_ids", "question_attention_mask"]
         return self.tokenizer.model_input_names + self.image_processor.model_input_names + question_input_names
+
+
+def _as_float_array(feature) -> np.ndarray:
+    """A float32 array of one image's features, given as a tensor, an array or nested lists."""
+    if hasattr(feature, "detach"):
+        return feature.detach().float().cpu().numpy()
+    return np.asarray(feature, dtype=np.float32)
 
 
 __all__ = ["BcQLMProcessor"]

@@ -320,6 +320,35 @@ def test_an_image_passed_for_several_prompts_is_processed_once(processor, monkey
     assert np.asarray(shared["input_ids"]).tolist() == np.asarray(copies["input_ids"]).tolist()
 
 
+@pytest.mark.parametrize("return_tensors", [None, "pt"])
+def test_vision_features_give_the_prompts_of_the_images(processor, return_tensors):
+    questions = ["Is it raining?", "What colour is the big square on the left?", "<image>Question: Why?\nAnswer:"]
+    images = [make_image(seed=seed) for seed in range(3)]
+    features = torch.randn(3, SEQ, 8)
+    from_images = processor(images=images, text=questions, return_tensors=return_tensors)
+    from_features = processor(vision_features=features, text=questions, return_tensors=return_tensors)
+    assert "pixel_values" not in from_features
+    for key in ("input_ids", "attention_mask", "question_input_ids", "question_attention_mask"):
+        assert np.asarray(from_features[key]).tolist() == np.asarray(from_images[key]).tolist(), key
+    if return_tensors == "pt":
+        torch.testing.assert_close(from_features["vision_features"], features)
+    else:  # rows as `datasets` gives them: nested lists
+        rows = processor(vision_features=features.tolist(), text=questions)["vision_features"]
+        np.testing.assert_array_equal(np.stack(rows), features.numpy())
+
+
+def test_vision_features_errors(processor):
+    features = torch.randn(2, SEQ, 8)
+    with pytest.raises(ValueError, match="either `images` or their `vision_features`"):
+        processor(images=[make_image()] * 2, vision_features=features, text=["Why?", "How?"])
+    with pytest.raises(ValueError, match="features of 2 image.s. for 3 prompt.s. holding <image>"):
+        processor(vision_features=features, text=["Why?", "How?", "Who?"])
+    with pytest.raises(ValueError, match=rf"shape \(3, 8\), but each image's features are \(image_seq_length={SEQ}"):
+        processor(vision_features=features[:, :3], text=["Why?", "How?"])
+    with pytest.raises(ValueError, match="Prompt 0 keeps 2 of its 4 image tokens after truncation"):
+        processor(vision_features=features[:1], text="Why?", truncation=True, max_length=3)
+
+
 def test_mixed_batch_with_text_only_prompt(processor):
     out = processor(
         images=[[make_image()], []],

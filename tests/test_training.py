@@ -509,10 +509,10 @@ def test_vision_features_answer_as_the_pixels_and_input_errors():
     model, processor = make_model_and_processor()
     inputs = processor(images=make_image(), text="What is it?", return_tensors="pt")
     vision_features = model.model.get_vision_features(inputs["pixel_values"])
-    text_inputs = {key: value for key, value in inputs.items() if key != "pixel_values"}
+    feature_inputs = processor(vision_features=vision_features, text="What is it?", return_tensors="pt")
     with torch.no_grad():
         expected = model.generate(**inputs, max_new_tokens=5, do_sample=False)
-        answer = model.generate(**text_inputs, vision_features=vision_features, max_new_tokens=5, do_sample=False)
+        answer = model.generate(**feature_inputs, max_new_tokens=5, do_sample=False)
     assert torch.equal(answer, expected)
     with pytest.raises(ValueError, match="one of `pixel_values`, `vision_features` or `image_features`"):
         model(**inputs, vision_features=vision_features)

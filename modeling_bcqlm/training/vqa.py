@@ -149,17 +149,12 @@ class BcQLMVQACollator:
         return prompts, self._images("pixel_values", prompts["pixel_values"], image_indices)
 
     def _prompts_for_features(self, features: list, questions: list[str]) -> tuple[dict, dict[str, torch.Tensor]]:
-        """The processor's prompts for rows whose image is already `vision_features`, without an image to process."""
-        processor = self.processor
-        texts, questions = processor._make_prompts(questions, with_images=True)
-        image_tokens = processor.image_token * processor.image_seq_length
-        prompts = processor.tokenizer([text.replace(processor.image_token, image_tokens) for text in texts])
-        prompts.update(processor._encode_questions(questions))
-        features = [np.asarray(feature, dtype=np.float32) for feature in features]
+        """The processor's prompts for rows whose image is already `vision_features`."""
+        prompts = self.processor(text=questions, vision_features=features, padding=False, return_tensors=None)
         distinct, image_indices = {}, []
-        for feature in features:
+        for feature in prompts["vision_features"]:
             image_indices.append(distinct.setdefault(feature.tobytes(), len(distinct)))
-        return prompts, self._images(VISION_FEATURES_COLUMN, features, image_indices)
+        return prompts, self._images(VISION_FEATURES_COLUMN, prompts["vision_features"], image_indices)
 
     def _images(self, key: str, images: list[np.ndarray], image_indices: list[int]) -> dict[str, torch.Tensor]:
         """`key` (`pixel_values` or `vision_features`) for each distinct image, and `image_indices`."""
