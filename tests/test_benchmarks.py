@@ -664,3 +664,40 @@ def test_stage2_sweep_oracle_cell_values_sit_on_each_centre_cell():
                         (2, {("size", "large"), ("colour", "blue"), ("shape", "triangle")})):  # fmt: skip
         assert values[cell, 0] == 1.0
         assert {VALUES[index] for index in values[cell, 1:].nonzero().flatten().tolist()} == named
+
+
+def test_question_forms_name_each_template_family_and_split_yes_no_answers():
+    from benchmarks.question_forms import TEMPLATE_FAMILIES, accuracy_by_form, question_form
+
+    for question_type, families in TEMPLATE_FAMILIES.items():
+        for form, templates in families.items():
+            for template in templates:
+                question = re.sub(r"\{\w+\}", "small red circle", template)
+                assert question_form(question_type, question) == form, question
+    rows = list(make_synthetic_vqa(40, seed=3, questions_per_image=5, image_size=128, split="train"))
+    forms = {(row["question_type"], question_form(row["question_type"], row["question"])) for row in rows}
+    assert ("comparison", "same colour") in forms and ("counting", "all") in forms
+    with pytest.raises(ValueError, match="follows none of the generator's comparison templates"):
+        question_form("comparison", "is the red circle prettier than the square?")
+
+    rows = [
+        {"question_type": "comparison", "question": "is the circle smaller than the square?", "answer": "yes"},
+        {"question_type": "comparison", "question": "is the circle smaller than the red square?", "answer": "no"},
+        {"question_type": "comparison", "question": "is the large circle smaller than the square?", "answer": "no"},
+        {"question_type": "counting", "question": "how many circles are there?", "answer": "2"},
+        {"question_type": "attribute", "question": "what colour is the circle?", "answer": "red"},
+    ]
+    results = accuracy_by_form(rows, ["yes", "yes", "no", "3", "red"])
+    assert list(results) == ["attribute: colour", "counting: all", "comparison: smaller"]
+    assert results["comparison: smaller"] == {"count": 3, "all": 2 / 3, "yes": 1.0, "no": 0.5}
+    assert results["counting: all"] == {"count": 1, "all": 0.0}
+
+
+def test_question_forms_command_scores_every_question_of_both_splits(tmp_path):
+    from benchmarks.question_forms import main
+
+    output = tmp_path / "forms.json"
+    main(["--test_images", "4", "--training_images", "6", "--threads", "1", "--output", str(output)])
+    results = json.loads(output.read_text())["results"]
+    assert sum(values["count"] for values in results["test"].values()) == 20
+    assert sum(values["count"] for values in results["training questions"].values()) == 30
