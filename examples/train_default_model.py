@@ -26,7 +26,7 @@
 6. `conversion/compose_bcqlm.py` assembles BcQLM from the two; stage 2 (`examples/train_vqa.py`) trains it on the VQA
    data with the recipe of `--recipe` (default `frozen_vision`: BreezeCLIP frozen as stage 1 left it, the rest trained;
    `full` trains BreezeCLIP too, and the question loss then wipes the colour out of its cells before the read-out
-   learns to use it), at lr 5e-4 for 12,000 steps of 32 over 48,000 images, so that few images come back (with fewer
+   learns to use it), at lr 5e-4 for 15,000 steps of 32 over 48,000 images, so that few images come back (with fewer
    images shown more often the read-out learns them by heart). Each image's questions stay together in the shuffled
    training order, so that a batch runs the image tower once per image (`order_by_image`); with BreezeCLIP frozen, the
    tower runs once per image before training (`--precompute_vision_features`), and the steps train on its features.
@@ -406,7 +406,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--distillation_epochs", type=float, help="Epochs of stage 1 (default 16; 8 without region distillation)."
     )
     parser.add_argument("--decoder_epochs", type=float, default=0.25)
-    parser.add_argument("--vqa_epochs", type=float, default=1.6, help="Epochs of stage 2 (12,000 steps of 32).")
+    parser.add_argument("--vqa_epochs", type=float, default=2.0, help="Epochs of stage 2 (15,000 steps of 32).")
     parser.add_argument(
         "--recipe", choices=("stage2", "frozen_vision", "full"), default="frozen_vision", help="What stage 2 trains."
     )
