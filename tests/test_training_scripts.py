@@ -212,6 +212,13 @@ def test_train_and_evaluate_vqa_scripts(tmp_path, data, bcqlm_folder):
         torch.testing.assert_close(tensor, trained[name], atol=1e-5, rtol=1e-4, msg=name)
     with pytest.raises(ValueError, match="--recipe full trains the tower"):
         train_vqa.main(args + ["--recipe", "full", "--precompute_vision_features"])
+    # The decoder's attention implementation: eager attention trains the same weights as the default.
+    eager_dir = tmp_path / "eager"
+    train_vqa.main([arg if arg != str(output_dir) else str(eager_dir) for arg in args] + ["--recipe", "frozen_vision", "--max_steps", "2", "--precompute_vision_features", "--attn_implementation", "eager"])
+    for name, tensor in BcQLMForConditionalGeneration.from_pretrained(eager_dir).state_dict().items():
+        torch.testing.assert_close(tensor, precomputed[name], atol=1e-5, rtol=1e-4, msg=name)
+    with pytest.raises(ValueError, match="no_such_attention"):
+        train_vqa.main(args + ["--attn_implementation", "no_such_attention"])
 
     eval_dir = tmp_path / "eval"
     eval_args = [
