@@ -67,13 +67,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--precompute_vision_features", action="store_true", help="the tower once per image first")
+    parser.add_argument("--attn_implementation", default=None, help="the decoder's attention, as train_vqa.py's")
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     processor = BcQLMProcessor.from_pretrained(args.model)
-    model = BcQLMForConditionalGeneration.from_pretrained(args.model)
+    attention = {"attn_implementation": {"text_config": args.attn_implementation}} if args.attn_implementation else {}
+    model = BcQLMForConditionalGeneration.from_pretrained(args.model, **attention)
     freeze_for_stage2(model, decoder="trained")  # train_vqa.py's --recipe frozen_vision
     model.train()
     batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     collator = BcQLMVQACollator(processor)
 
     results = {"machine": machine_info(args.threads), "model": str(args.model), "runs": {}}
+    results["attn_implementation"] = model.config.text_config._attn_implementation
     if args.precompute_vision_features:
         start = time.perf_counter()
         dataset = precompute_vision_features(dataset, model, processor)
