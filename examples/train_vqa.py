@@ -71,8 +71,8 @@ class VQAScriptArguments:
     attn_implementation: str | None = field(
         default=None,
         metadata={
-            "help": "The decoder's attention ('eager', 'sdpa', ...; default the model's). On a CPU 'eager' trains small "
-            "decoders on short prompts a few percent faster than 'sdpa'."
+            "help": "The decoder's attention ('eager', 'sdpa', ...; default the model's). On a CPU 'eager' trains "
+            "small decoders on short prompts a few percent faster than 'sdpa'."
         },
     )
     max_answer_tokens: int | None = field(default=None, metadata={"help": "Truncate answers to this many tokens."})

@@ -559,7 +559,9 @@ def test_fine_tune_speed_times_each_phase_of_the_recipes_steps(tmp_path):
     assert results["precompute_ms_per_question"] > 0 and medians["forward: image tower"] == 0
     assert medians["forward: question encoder"] > 0 and medians["forward: decoder"] > 0
     assert results["attn_implementation"] == "sdpa"
-    results = main(["--batch_sizes", "4", "--steps", "1", "--warmup", "1", "--threads", "1", "--attn_implementation", "eager"])
+    results = main(
+        ["--batch_sizes", "4", "--steps", "1", "--warmup", "1", "--threads", "1", "--attn_implementation", "eager"]
+    )
     assert results["attn_implementation"] == "eager"
 
 
