@@ -151,3 +151,11 @@ def test_region_distillation_distils_the_teachers_embedding_of_each_shape_on_its
     assert isinstance(AutoModel.from_pretrained(default_run / "model"), BcQLMForConditionalGeneration)
     arguments = json.loads((default_run / "model" / "training_results.json").read_text())["arguments"]
     assert arguments["region_distillation"] is True and arguments["object_windows"] is True
+
+
+def test_the_recipe_trains_the_same_model_twice(default_run, tmp_path):
+    run_quick(tmp_path)
+    for stage in ("teacher", "breezeclip", "decoder", "vqa_run"):
+        for name in ("model.safetensors", "tokenizer.json"):
+            ours, theirs = (folder / "work" / stage / name for folder in (tmp_path, default_run))
+            assert ours.read_bytes() == theirs.read_bytes(), f"{stage}/{name} differs between two runs"

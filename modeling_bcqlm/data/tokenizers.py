@@ -74,9 +74,13 @@ def train_clip_tokenizer(
     backend = Tokenizer(models.BPE(end_of_word_suffix="</w>", continuing_subword_prefix=""))
     backend.normalizer = reference.backend_tokenizer.normalizer
     backend.pre_tokenizer = reference.backend_tokenizer.pre_tokenizer
+    # The trainer numbers the end-of-word characters in hash-map order, and breaks ties between equally frequent merges
+    # by those numbers: listed first, in sorted order, they get the same ids (and merges) from run to run.
+    pieces = [backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(text)) for text in texts]
+    word_ends = sorted({word[-1] + "</w>" for words in pieces for word, _ in words})
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=CLIP_SPECIALS,
+        special_tokens=CLIP_SPECIALS + word_ends,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         end_of_word_suffix="</w>",
         show_progress=False,
