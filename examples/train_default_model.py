@@ -207,14 +207,21 @@ class CLIPCollator:
         return {**inputs, "return_loss": True}
 
 
-def training_arguments(output_dir: Path, epochs: float, batch_size: int, learning_rate: float, **kwargs):
+def stage_warmup(args, steps: int) -> int:
+    """A stage's warm-up steps: none with `--quick`, whose stages take a step or two (a warm-up's first step has lr 0)."""
+    return 0 if args.quick else steps
+
+
+def training_arguments(
+    output_dir: Path, epochs: float, batch_size: int, learning_rate: float, warmup_steps: int, **kwargs
+) -> TrainingArguments:
     return TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=epochs,
         per_device_train_batch_size=batch_size,
         learning_rate=learning_rate,
         lr_scheduler_type="cosine",
-        warmup_steps=kwargs.pop("warmup_steps", 20),
+        warmup_steps=warmup_steps,
         save_strategy="no",
         report_to="none",
         use_cpu=True,
@@ -287,7 +294,9 @@ def train_teacher(args, work: Path, captions: datasets.Dataset, tokenizer: CLIPT
     )
     Trainer(
         model=teacher,
-        args=training_arguments(work / "teacher_run", args.teacher_epochs, 64, 1e-3, weight_decay=0.1),
+        args=training_arguments(
+            work / "teacher_run", args.teacher_epochs, 64, 1e-3, stage_warmup(args, 20), weight_decay=0.1
+        ),
         train_dataset=captions,
         data_collator=CLIPCollator(processor),
     ).train()
@@ -316,7 +325,7 @@ def distill_breezeclip(args, work: Path, caption_file: Path, question_tokenizer:
         "--num_train_epochs", args.distillation_epochs,
         "--per_device_train_batch_size", "64",
         "--learning_rate", "2e-3",
-        "--warmup_steps", "20",
+        "--warmup_steps", stage_warmup(args, 20),
         "--lr_scheduler_type", "cosine",
         "--save_strategy", "no", "--logging_steps", "50", "--report_to", "none", "--use_cpu", "--seed", args.seed,
     )  # fmt: skip
@@ -331,7 +340,7 @@ def train_decoder(args, work: Path, texts: list[str], tokenizer: PreTrainedToken
     tokenized = texts.map(lambda batch: tokenizer(batch["text"]), batched=True, remove_columns=["text"])
     Trainer(
         model=decoder,
-        args=training_arguments(work / "decoder_run", args.decoder_epochs, 64, 2e-3),
+        args=training_arguments(work / "decoder_run", args.decoder_epochs, 64, 2e-3, stage_warmup(args, 20)),
         train_dataset=tokenized,
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
     ).train()
@@ -361,7 +370,7 @@ def train_bcqlm(args, work: Path) -> None:
         "--num_train_epochs", args.vqa_epochs,
         "--per_device_train_batch_size", "64",
         "--learning_rate", "7e-4",
-        "--warmup_steps", "100",
+        "--warmup_steps", stage_warmup(args, 100),
         "--lr_scheduler_type", "cosine",
         "--save_strategy", "no", "--logging_steps", "50", "--report_to", "none", "--use_cpu", "--seed", args.seed,
     )  # fmt: skip

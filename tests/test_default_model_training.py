@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 from transformers import AutoModel, AutoProcessor
 
@@ -154,8 +155,13 @@ def test_region_distillation_distils_the_teachers_embedding_of_each_shape_on_its
 
 
 def test_the_recipe_trains_the_same_model_twice(default_run, tmp_path):
+    from safetensors.torch import load_file
+
     run_quick(tmp_path)
     for stage in ("teacher", "breezeclip", "decoder", "vqa_run"):
         for name in ("model.safetensors", "tokenizer.json"):
             ours, theirs = (folder / "work" / stage / name for folder in (tmp_path, default_run))
             assert ours.read_bytes() == theirs.read_bytes(), f"{stage}/{name} differs between two runs"
+    composed, trained = (load_file(tmp_path / "work" / stage / "model.safetensors") for stage in ("composed", "vqa_run"))
+    moved = [name for name in composed if "qgcam" in name and not torch.equal(composed[name], trained[name])]
+    assert moved  # the quick run's stage 2 trains (no warm-up step at lr 0)
