@@ -11,7 +11,8 @@
    training nearly as well as the seen ones.
 2. Tokenizers, trained on the synthetic text: a byte-level BPE for the decoder, a WordPiece vocabulary for the
    question encoder, a CLIP BPE for the teacher. Each is learned the same from the same texts, so that the recipe
-   trains the same weights from run to run on a machine (the teacher's initial weights move the result most).
+   trains the same weights from run to run on a machine (the teacher's and stage 1's initial weights move the
+   result most: `benchmarks/README.md`, "The recipe made deterministic").
 3. A small CLIP teacher (`transformers.CLIPModel`) trained contrastively on the captions with the `Trainer`.
 4. Stage 1: `examples/distill_breezeclip.py` distils a small BreezeCLIP (MobileViT + MobileBERT) from it: its pooled
    image and text embeddings and, cell by cell, the teacher's patch tokens, which teach the image tower what each
