@@ -21,8 +21,9 @@ is in the image, before Q-GCAM and the decoder read it?
     left out). A logistic-regression probe (torch, full batch) is fitted on the train scenes' cells and scored on the
     test scenes', for the cell's pixels (8x8 average-pooled, what a probe gets with no tower), the BcQLM's BreezeCLIP's
     raw tower cells, its visual tokens (`get_image_features(pixel_values).pooler_output`, the adapter's output) and
-    the stage-1 BreezeCLIP's raw tower cells (with `--breezeclip`); with the majority-class baselines, over all cells
-    and over the cells holding an object.
+    the stage-1 BreezeCLIP's raw tower cells and its projected cells (with `--breezeclip`; the projected cells are
+    what crop distillation trains and what the BcQLM's adapter reads); with the majority-class baselines, over all
+    cells and over the cells holding an object.
 (c) With `--teacher`, what stage 1's crop distillation can pass on: the teacher's zero-shot size, colour and shape of
     the object centred in each cell, from its embedding of the window around the cell (`cell_windows`, `--crop_window`
     times the image's side) against its embeddings of every "a {size} {colour} {shape}"; over the test scenes' cells
@@ -34,6 +35,14 @@ is in the image, before Q-GCAM and the decoder read it?
     on `--test_scenes` further test scenes that each hold one, on the held-out objects' cells and the others' apart.
     Fitted on the train split, a probe may read an attribute from another one that goes with it there (no green
     object is a triangle); fitted with held-out combinations too, it shows whether the cells carry the attribute.
+(f) With `--teacher` and `--breezeclip` of the same embedding width, how closely the stage-1 cells follow the teacher where stage 1 never trained
+    them: crop distillation trains each cell's projected features (what the BcQLM's adapter reads) towards the
+    teacher's embedding of the window showing the object centred in it alone (a blank window elsewhere), standardised
+    per dimension. On (e)'s scoring scenes, the cells mapped back to the teacher's scale (its window embeddings' mean
+    and spread over all their cells), on the cells holding one object's centre: the mean cosine similarity to the
+    teacher's window embedding, and the zero-shot size, colour and shape read from each as in (c) (the teacher's own
+    beside it), on the held-out objects' cells and the others' apart. A probe fitted on seen combinations (e) reads
+    what separates them in any direction; this reads the teacher's directions.
 
 Train scenes come from the `train` split (those the model was trained on), test scenes from the `test` split, both
 with `--seed`; `--held_out_fraction` 0 keeps the test scenes in the training distribution. Prints Markdown tables.
@@ -42,6 +51,7 @@ with `--seed`; `--held_out_fraction` 0 keeps the test scenes in the training dis
 import argparse
 import collections
 import itertools
+import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -60,7 +70,7 @@ from modeling_bcqlm import (
     BcQLMProcessor,
     BreezeCLIPModel,
 )
-from modeling_bcqlm.data.images import cell_windows
+from modeling_bcqlm.data.images import cell_windows, object_windows
 from modeling_bcqlm.data.synthetic_shapes import (
     ATTRIBUTE_VALUES,
     ATTRIBUTES,
@@ -71,6 +81,7 @@ from modeling_bcqlm.data.synthetic_shapes import (
     SceneObject,
     format_caption,
     make_synthetic_scenes,
+    object_box,
     object_radius,
     render_scene,
 )
@@ -163,13 +174,18 @@ class DualEncoder:
     tokenizer: object
     batch_size: int = 64
 
-    @torch.no_grad()
     def embed_images(self, images: list) -> torch.Tensor:
+        return F.normalize(self.image_features(images), dim=-1)
+
+    @torch.no_grad()
+    def image_features(self, images: list, field: str = "pooler_output") -> torch.Tensor:
+        """`get_image_features(...)`'s `field` of `images`, unnormalised: the projected embeddings `(images, dim)`, or
+        with "last_hidden_state" a BreezeCLIP's projected cells `(images, cells, dim)` (what crop distillation trains)."""
         chunks = []
         for start in range(0, len(images), self.batch_size):
             pixel_values = self.image_processor(images[start : start + self.batch_size], return_tensors="pt")
-            chunks.append(self.model.get_image_features(pixel_values=pixel_values["pixel_values"]).pooler_output)
-        return F.normalize(torch.cat(chunks), dim=-1)
+            chunks.append(getattr(self.model.get_image_features(pixel_values=pixel_values["pixel_values"]), field))
+        return torch.cat(chunks)
 
     @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
@@ -279,7 +295,10 @@ def cell_features(model: BcQLMForConditionalGeneration, pixel_values: torch.Tens
 
 
 def batched_cell_features(model, image_processor, images: list, stage1=None, batch_size: int = 64) -> tuple:
-    """`cell_features` of `images` in batches, with a stage-1 BreezeCLIP's raw tower cells when `stage1` is given."""
+    """
+    `cell_features` of `images` in batches, with a stage-1 BreezeCLIP's raw tower cells and projected cells (what
+    the BcQLM's adapter reads) when `stage1` is given.
+    """
     chunks = []
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size]
@@ -288,8 +307,10 @@ def batched_cell_features(model, image_processor, images: list, stage1=None, bat
             pixel_values = stage1.image_processor(batch, return_tensors="pt")["pixel_values"]
             with torch.no_grad():
                 feature_map = stage1.model.vision_model(pixel_values=pixel_values).last_hidden_state
-            if tuple(feature_map.shape[2:]) == grid:
-                features["stage-1 tower cells"] = feature_map.flatten(2).transpose(1, 2)
+                if tuple(feature_map.shape[2:]) == grid:
+                    cells = feature_map.flatten(2).transpose(1, 2)
+                    features["stage-1 tower cells"] = cells
+                    features["stage-1 projected cells"] = stage1.model.visual_projection(cells)
         chunks.append(features)
     return {name: torch.cat([chunk[name] for chunk in chunks]) for name in chunks[0]}, grid
 
@@ -450,6 +471,51 @@ def window_zero_shot(teacher: DualEncoder, images: list, scenes: list, grid: tup
     return {"cells": cells, **{key: correct[key] / max(1, cells) for key in (*ATTRIBUTES, "all")}}
 
 
+def teacher_space_cells(stage1: DualEncoder, teacher: DualEncoder, scenes: list, image_size: int, window: float):
+    """(f) of the module's docstring, on `scenes` drawn at `image_size`."""
+    images = [render_scene(scene, image_size) for scene in scenes]
+    cells = stage1.image_features(images, "last_hidden_state")
+    grid = math.isqrt(cells.shape[1])
+    boxes = [[object_box(obj) for obj in scene] for scene in scenes]
+    windows = [crop for image, box in zip(images, boxes) for crop in object_windows(image, box, grid, window)]
+    targets = teacher.image_features(windows).view(*cells.shape[:2], -1)
+    occupants = [cell_objects(scene, (grid, grid), image_size) for scene in scenes]
+    return teacher_space_scores(cells, targets, occupants, teacher.embed_texts(COMBINATION_CAPTIONS))
+
+
+def teacher_space_scores(cells: torch.Tensor, targets: torch.Tensor, occupants: list, captions: torch.Tensor) -> dict:
+    """
+    The student's `cells` `(images, cells, dim)`, trained towards the teacher's `targets` (same shape) standardised per
+    dimension over all cells, mapped back to the teacher's scale; on the cells holding one object's centre
+    (`occupants`: per image, the objects centred in each cell), their mean cosine similarity to the targets and the
+    zero-shot size, colour and shape of both (argmax over `captions`, the teacher's normalised embeddings of
+    `COMBINATION_CAPTIONS`), for the held-out combinations' objects and the others apart.
+    """
+    flat = targets.flatten(0, 1)
+    mapped = cells * flat.std(0) + flat.mean(0)
+    index = [(i, c) for i, image in enumerate(occupants) for c, objects in enumerate(image) if len(objects) == 1]
+    objects = [occupants[i][c][0] for i, c in index]
+    held_out = np.array([(obj.shape, obj.colour) in HELD_OUT_COMBINATIONS for obj in objects], dtype=bool)
+    student, teacher = (torch.stack([values[i, c] for i, c in index]) for values in (mapped, targets))
+
+    def by_group(values: np.ndarray) -> dict:
+        return {group: float(values[mask].mean()) if mask.any() else None
+                for group, mask in (("held_out", held_out), ("seen", ~held_out))}  # fmt: skip
+
+    def zero_shot(embeddings: torch.Tensor) -> dict:
+        guesses = [COMBINATIONS[k] for k in (F.normalize(embeddings, dim=-1) @ captions.T).argmax(-1).tolist()]
+        return {
+            attribute: by_group(np.array([guess[j] == getattr(obj, attribute) for guess, obj in zip(guesses, objects)]))
+            for j, attribute in enumerate(ATTRIBUTES)
+        }
+
+    return {
+        "cells": {"held_out": int(held_out.sum()), "seen": int((~held_out).sum())},
+        "cosine": by_group(F.cosine_similarity(student, teacher, dim=-1).numpy()),
+        "zero_shot": {"stage 1": zero_shot(student), "teacher": zero_shot(teacher)},
+    }
+
+
 def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
@@ -495,6 +561,15 @@ def markdown(results: dict) -> str:
                             *ATTRIBUTES, "all three"])]  # fmt: skip
         lines += ["|---|" + "---:|" * (len(ATTRIBUTES) + 2)]
         lines.append(_row(["", windows["cells"], *(_percent(windows[key]) for key in (*ATTRIBUTES, "all"))]))
+    if results.get("teacher_space"):
+        space = results["teacher_space"]
+        lines += ["", _row(["object cells in the teacher's space: held-out / seen", "cosine to the teacher's",
+                            *(f"zero-shot {attribute}" for attribute in ATTRIBUTES)])]  # fmt: skip
+        lines += ["|---|" + "---:|" * (len(ATTRIBUTES) + 1)]
+        for name, zero_shot in space["zero_shot"].items():
+            cosine = space["cosine"] if name == "stage 1" else {"held_out": 1.0, "seen": 1.0}
+            pairs = [cosine, *(zero_shot[attribute] for attribute in ATTRIBUTES)]
+            lines.append(_row([name, *(f"{_percent(p['held_out'])} / {_percent(p['seen'])}" for p in pairs)]))
     return "\n".join(lines)
 
 
@@ -535,6 +610,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--negatives_per_kind", type=int, default=3, help="hard negatives per test scene and kind")
     parser.add_argument("--probe_steps", type=int, default=300)
     parser.add_argument("--crop_window", type=float, default=0.5, help="(c)'s windows, as a fraction of the image side")
+    parser.add_argument(
+        "--image_size",
+        type=int,
+        help="side of the drawn scenes (default: the image tower's input, at least the generator's smallest, 96); "
+        "`examples/train_default_model.py` draws its scenes at 128",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default=None, help="write the results as JSON here")
@@ -544,7 +625,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = BcQLMForConditionalGeneration.from_pretrained(args.model).eval()
     processor = BcQLMProcessor.from_pretrained(args.model)
     # The renderer draws at least MIN_IMAGE_SIZE pixels; the image processors resize square images from there.
-    image_size = max(MIN_IMAGE_SIZE, model.config.breezeclip_config.vision_config.image_size)
+    image_size = args.image_size or max(MIN_IMAGE_SIZE, model.config.breezeclip_config.vision_config.image_size)
     train = [scene for scene, _ in make_synthetic_scenes(args.train_scenes, args.seed, image_size, "train")]
     test = make_synthetic_scenes(args.test_scenes, args.seed, image_size, "test", args.held_out_fraction)
     test_scenes, test_captions = [scene for scene, _ in test], [caption for _, caption in test]
@@ -553,6 +634,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     encoders = load_encoders(args, model, processor)
     test_images = [render_scene(scene, image_size) for scene in test_scenes]
+    held_out_test = scenes_only(args.test_scenes, args.seed + 1, image_size, 1.0)
     results = {
         "machine": machine_info(args.threads),
         "model": str(args.model),
@@ -578,7 +660,7 @@ def main(argv: list[str] | None = None) -> dict:
             model,
             processor.image_processor,
             {"train split": train, "test split": scenes_only(args.train_scenes, args.seed + 2, image_size, 0.5)},
-            scenes_only(args.test_scenes, args.seed + 1, image_size, 1.0),
+            held_out_test,
             image_size,
             args.probe_steps,
             encoders.get("stage 1"),
@@ -588,6 +670,12 @@ def main(argv: list[str] | None = None) -> dict:
     if "teacher" in encoders:
         grid, window = tuple(results["probes"]["grid"]), args.crop_window
         results["teacher_windows"] = window_zero_shot(encoders["teacher"], test_images, test_scenes, grid, window)
+        # Stage 1 trained the cells themselves only where they have the teacher's width (else through a learned map).
+        stage1, teacher = encoders.get("stage 1"), encoders["teacher"]
+        if stage1 and stage1.model.config.projection_dim == teacher.model.config.projection_dim:
+            results["teacher_space"] = teacher_space_cells(
+                encoders["stage 1"], encoders["teacher"], held_out_test, image_size, window
+            )
     print(markdown(results))
     if args.output:
         write_json(results, Path(args.output))

@@ -14,6 +14,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from benchmarks import compare_peers, gpu_peers
 from benchmarks.lib import cpu_report, gpu_report
@@ -414,15 +415,52 @@ def test_teacher_window_zero_shot_scores_each_attribute_of_the_centred_object():
     assert result == {"cells": 3, "size": 2 / 3, "colour": 2 / 3, "shape": 2 / 3, "all": 1 / 3}
 
 
+def test_teacher_space_scores_map_the_cells_back_and_read_them_with_the_teachers_captions():
+    from benchmarks.stage_probes import COMBINATION_CAPTIONS, COMBINATIONS, teacher_space_scores
+    from modeling_bcqlm.data.synthetic_shapes import SceneObject
+
+    torch.manual_seed(0)
+    captions = F.normalize(torch.randn(len(COMBINATIONS), 8), dim=-1)
+
+    def caption(size, colour, shape):
+        return captions[COMBINATION_CAPTIONS.index(f"a {size} {colour} {shape}")]
+
+    purple_circle = SceneObject("circle", "purple", "small", 10, 10, 8)  # a held-out combination
+    red_square = SceneObject("square", "red", "large", 60, 20, 16)
+    blue_circle = SceneObject("circle", "blue", "small", 70, 70, 8)
+    occupants = [[[purple_circle], [red_square], [], []], [[blue_circle, red_square], [], [], [blue_circle]]]
+    # The teacher's window embeddings: each object's caption (scaled: they are not normalised), noise elsewhere.
+    targets = torch.randn(2, 4, 8)
+    targets[0, 0], targets[0, 1], targets[1, 3] = (3 * caption(*attributes) for attributes in (
+        ("small", "purple", "circle"), ("large", "red", "square"), ("small", "blue", "circle")))  # fmt: skip
+    flat = targets.flatten(0, 1)
+    standardised = (targets - flat.mean(0)) / flat.std(0)  # what crop distillation trains the cells towards
+
+    exact = teacher_space_scores(standardised, targets, occupants, captions)
+    assert exact["cells"] == {"held_out": 1, "seen": 2}  # the cell of two centres is left out
+    assert exact["cosine"]["held_out"] == pytest.approx(1.0) and exact["cosine"]["seen"] == pytest.approx(1.0)
+    right = {"held_out": 1.0, "seen": 1.0}
+    assert exact["zero_shot"] == {"stage 1": dict.fromkeys(("size", "colour", "shape"), right),
+                                  "teacher": dict.fromkeys(("size", "colour", "shape"), right)}  # fmt: skip
+
+    # A student whose purple circle's cell holds the teacher's small purple square instead.
+    wrong = standardised.clone()
+    wrong[0, 0] = (3 * caption("small", "purple", "square") - flat.mean(0)) / flat.std(0)
+    scores = teacher_space_scores(wrong, targets, occupants, captions)
+    assert scores["cosine"]["held_out"] < 0.99 and scores["cosine"]["seen"] == pytest.approx(1.0)
+    assert scores["zero_shot"]["stage 1"]["shape"] == {"held_out": 0.0, "seen": 1.0}
+    assert scores["zero_shot"]["stage 1"]["colour"] == right and scores["zero_shot"]["teacher"]["shape"] == right
+
+
 def test_stage_probes_on_tiny_models(bcqlm_folder, tmp_path):
     from benchmarks.stage_probes import PROBE_ATTRIBUTES, main
 
-    teacher, teacher_processor = make_tiny_clip_teacher()
-    for part in (teacher, teacher_processor):
-        part.save_pretrained(tmp_path / "teacher")
     # A stage-1 folder as distillation writes it: the BreezeCLIP, its image processor and tokenizer.
     processor = BcQLMProcessor.from_pretrained(bcqlm_folder)
     breezeclip = BcQLMForConditionalGeneration.from_pretrained(bcqlm_folder).model.breezeclip
+    teacher, teacher_processor = make_tiny_clip_teacher(projection_dim=breezeclip.config.projection_dim)
+    for part in (teacher, teacher_processor):
+        part.save_pretrained(tmp_path / "teacher")
     for part in (breezeclip, processor.image_processor, processor.question_tokenizer):
         part.save_pretrained(tmp_path / "breezeclip")
     args = ["--model", str(bcqlm_folder), "--teacher", str(tmp_path / "teacher"), "--breezeclip",
@@ -451,7 +489,9 @@ def test_stage_probes_on_tiny_models(bcqlm_folder, tmp_path):
     assert probes["grid"] == [2, 2]  # 64 px, MobileViT's stride 32: the tiny model's 4 visual tokens
     assert probes["train_cells"] + probes["ambiguous_train_cells"] == 6 * 4
     assert probes["test_cells"] + probes["ambiguous_test_cells"] == 4 * 4
-    assert set(probes["representations"]) == {"cell pixels", "tower cells", "visual tokens", "stage-1 tower cells"}
+    assert set(probes["representations"]) == {
+        "cell pixels", "tower cells", "visual tokens", "stage-1 tower cells", "stage-1 projected cells"
+    }  # fmt: skip
     for entry in probes["representations"].values():
         assert entry["object"]["object_cells"] is None  # every object cell holds an object
         for attribute in PROBE_ATTRIBUTES:
@@ -461,6 +501,12 @@ def test_stage_probes_on_tiny_models(bcqlm_folder, tmp_path):
                 assert probe is None or 0.0 <= probe["accuracy"] <= 1.0 and 0.0 <= probe["majority_baseline"] <= 1.0
 
     held_out = results["held_out_probes"]
+    # (f) scores the cells (e) scores: the stage-1 cells against the teacher's windows, per group.
+    space = results["teacher_space"]
+    assert space["cells"] == held_out["test_cells"]
+    assert set(space["zero_shot"]) == {"stage 1", "teacher"}
+    for groups in (space["cosine"], *space["zero_shot"]["stage 1"].values(), *space["zero_shot"]["teacher"].values()):
+        assert all(value is None or -1.0 <= value <= 1.0 for value in groups.values())
     assert set(held_out["fitted_on"]) == {"train split", "test split"}
     assert held_out["test_cells"]["held_out"] >= 1  # every scoring scene holds a held-out combination
     for entry in held_out["fitted_on"].values():
