@@ -35,14 +35,15 @@ is in the image, before Q-GCAM and the decoder read it?
     on `--test_scenes` further test scenes that each hold one, on the held-out objects' cells and the others' apart.
     Fitted on the train split, a probe may read an attribute from another one that goes with it there (no green
     object is a triangle); fitted with held-out combinations too, it shows whether the cells carry the attribute.
-(f) With `--teacher` and `--breezeclip` of the same embedding width, how closely the stage-1 cells follow the teacher where stage 1 never trained
-    them: crop distillation trains each cell's projected features (what the BcQLM's adapter reads) towards the
-    teacher's embedding of the window showing the object centred in it alone (a blank window elsewhere), standardised
-    per dimension. On (e)'s scoring scenes, the cells mapped back to the teacher's scale (its window embeddings' mean
-    and spread over all their cells), on the cells holding one object's centre: the mean cosine similarity to the
-    teacher's window embedding, and the zero-shot size, colour and shape read from each as in (c) (the teacher's own
-    beside it), on the held-out objects' cells and the others' apart. A probe fitted on seen combinations (e) reads
-    what separates them in any direction; this reads the teacher's directions.
+(f) With `--teacher` and `--breezeclip` of the same embedding width, how closely the stage-1 cells follow the teacher
+    where stage 1 never trained them: crop distillation trains each cell's projected features (what the BcQLM's
+    adapter reads) towards the teacher's embedding of the window showing the object centred in it alone (a blank
+    window elsewhere), standardised per dimension. On (e)'s scoring scenes, the cells mapped back to the teacher's
+    scale (its window embeddings' mean and spread over all their cells), on the cells holding one object's centre: the
+    mean cosine similarity to the teacher's window embedding, and the zero-shot size, colour and shape read from each
+    as in (c) (the teacher's own beside it), on the held-out objects' cells and the others' apart. This reads the
+    teacher's directions; a reader fitted on seen combinations, as (e)'s probe and stage 2's read-out are, may read
+    others (`benchmarks/README.md`, "Stage 1 without the patch tokens": (e) predicts the answers, (f) does not).
 
 Train scenes come from the `train` split (those the model was trained on), test scenes from the `test` split, both
 with `--seed`; `--held_out_fraction` 0 keeps the test scenes in the training distribution. Prints Markdown tables.
@@ -179,8 +180,10 @@ class DualEncoder:
 
     @torch.no_grad()
     def image_features(self, images: list, field: str = "pooler_output") -> torch.Tensor:
-        """`get_image_features(...)`'s `field` of `images`, unnormalised: the projected embeddings `(images, dim)`, or
-        with "last_hidden_state" a BreezeCLIP's projected cells `(images, cells, dim)` (what crop distillation trains)."""
+        """
+        `get_image_features(...)`'s `field` of `images`, unnormalised: the projected embeddings `(images, dim)`, or with
+        "last_hidden_state" a BreezeCLIP's projected cells `(images, cells, dim)` (what crop distillation trains).
+        """
         chunks = []
         for start in range(0, len(images), self.batch_size):
             pixel_values = self.image_processor(images[start : start + self.batch_size], return_tensors="pt")
