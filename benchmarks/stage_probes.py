@@ -570,7 +570,7 @@ def markdown(results: dict) -> str:
                             *(f"zero-shot {attribute}" for attribute in ATTRIBUTES)])]  # fmt: skip
         lines += ["|---|" + "---:|" * (len(ATTRIBUTES) + 1)]
         for name, zero_shot in space["zero_shot"].items():
-            cosine = space["cosine"] if name == "stage 1" else {"held_out": 1.0, "seen": 1.0}
+            cosine = space["cosine"] if name == "stage 1" else {"held_out": None, "seen": None}  # its own: n/a
             pairs = [cosine, *(zero_shot[attribute] for attribute in ATTRIBUTES)]
             lines.append(_row([name, *(f"{_percent(p['held_out'])} / {_percent(p['seen'])}" for p in pairs)]))
     return "\n".join(lines)
@@ -676,9 +676,7 @@ def main(argv: list[str] | None = None) -> dict:
         # Stage 1 trained the cells themselves only where they have the teacher's width (else through a learned map).
         stage1, teacher = encoders.get("stage 1"), encoders["teacher"]
         if stage1 and stage1.model.config.projection_dim == teacher.model.config.projection_dim:
-            results["teacher_space"] = teacher_space_cells(
-                encoders["stage 1"], encoders["teacher"], held_out_test, image_size, window
-            )
+            results["teacher_space"] = teacher_space_cells(stage1, teacher, held_out_test, image_size, window)
     print(markdown(results))
     if args.output:
         write_json(results, Path(args.output))
