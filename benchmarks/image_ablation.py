@@ -8,12 +8,14 @@ anti-aliasing) and drawn by another renderer (`benchmarks/lib/numpy_renderer.py`
 A question type whose accuracy does not fall when the image is replaced is answered from the question alone (the
 answer priors of the training data); one whose accuracy falls when the same scene is drawn otherwise depends on the
 generator's pixels. Reports, per condition, the accuracy overall and per question type and the share of answers that
-stay the same as with the question's own image. Prints a Markdown table.
+stay the same as with the question's own image, and beside them the answer prior: each question answered from its
+text alone with the answer its training questions most often had. Prints a Markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 from pathlib import Path
 
@@ -26,10 +28,17 @@ from benchmarks.lib.system import machine_info
 from benchmarks.quantized_accuracy import QUESTION_TYPES, default_test_split
 from examples.evaluate_vqa import answer_questions, score
 from modeling_bcqlm import DEFAULT_MODEL, BcQLMForConditionalGeneration, BcQLMProcessor
-from modeling_bcqlm.data.synthetic_shapes import BACKGROUND_COLOUR, SceneObject, random_style, render_scene
+from modeling_bcqlm.data.synthetic_shapes import (
+    BACKGROUND_COLOUR,
+    SceneObject,
+    make_synthetic_vqa,
+    random_style,
+    render_scene,
+)
 
 
 CONDITIONS = ("own scene", "another scene", "empty scene", "own scene restyled", "own scene, other renderer")
+PRIOR = "answer prior (question alone)"
 
 
 def images_for(condition: str, rows: list[dict], seed: int = 0) -> list[Image.Image]:
@@ -57,10 +66,57 @@ def images_for(condition: str, rows: list[dict], seed: int = 0) -> list[Image.Im
     return [redrawn[row["scene"]] for row in rows]
 
 
+def training_questions(model_folder: Path, train_images: int | None = None):
+    """The questions and answers a model of `examples/train_default_model.py` trained on (its first `train_images`)."""
+    arguments = json.loads((model_folder / "training_results.json").read_text())["arguments"]
+    return make_synthetic_vqa(
+        train_images or arguments["train_images"],
+        arguments["seed"],
+        arguments["questions_per_image"],
+        128,
+        split="train",
+        vary_style=arguments.get("vary_style", False),
+    ).remove_columns("image")
+
+
+def prior_answers(train, rows: list[dict]) -> list[str]:
+    """
+    Each row's answer from its question alone: the answer most often given to the same question text in `train`, or
+    for a question never asked there (one naming a held-out combination) the most frequent answer of its type.
+    """
+    by_question, by_type = collections.defaultdict(collections.Counter), collections.defaultdict(collections.Counter)
+    for question, answer, question_type in zip(train["question"], train["answer"], train["question_type"]):
+        by_question[question][answer] += 1
+        by_type[question_type][answer] += 1
+    return [(by_question.get(row["question"]) or by_type[row["question_type"]]).most_common(1)[0][0] for row in rows]
+
+
+def summarise(rows: list[dict], answers: list[str], own_answers: list[str]) -> dict:
+    """Accuracy overall and per question type of `answers`, and the share equal to `own_answers`."""
+    results = score(
+        [
+            {"answer": answer, "answers": row["answers"], "question_type": row["question_type"]}
+            for row, answer in zip(rows, answers)
+        ]
+    )
+    return {
+        "count": results["count"],
+        "accuracy": results["accuracy"],
+        "per_type": {name: metrics["accuracy"] for name, metrics in results["per_type"].items()},
+        "same_answer_as_own_scene": sum(a == b for a, b in zip(answers, own_answers)) / len(rows),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="a BcQLM folder with training_results.json")
     parser.add_argument("--test_images", type=int, default=None, help="fewer test images than the model's (smoke run)")
+    parser.add_argument(
+        "--prior_images",
+        type=int,
+        default=None,
+        help="the answer prior from the first images of the model's training split (default: all of them)",
+    )
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", default=None, help="write the results as JSON here")
@@ -83,19 +139,9 @@ def main(argv: list[str] | None = None) -> dict:
                 for row, image in zip(rows[start : start + args.batch_size], images[start : start + args.batch_size])
             ]
             answers[condition] += answer_questions(model, processor, batch, max_new_tokens=4)
-        results = score(
-            [
-                {"answer": answer, "answers": row["answers"], "question_type": row["question_type"]}
-                for row, answer in zip(rows, answers[condition])
-            ]
-        )
-        same = sum(a == b for a, b in zip(answers[condition], answers["own scene"])) / len(rows)
-        summary[condition] = {
-            "count": results["count"],
-            "accuracy": results["accuracy"],
-            "per_type": {name: metrics["accuracy"] for name, metrics in results["per_type"].items()},
-            "same_answer_as_own_scene": same,
-        }
+        summary[condition] = summarise(rows, answers[condition], answers["own scene"])
+    prior = prior_answers(training_questions(model_folder, args.prior_images), rows)
+    summary[PRIOR] = summarise(rows, prior, answers["own scene"])
 
     header = ["image", "accuracy", *QUESTION_TYPES, "same answer as with its own image"]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]

@@ -752,3 +752,21 @@ def test_question_forms_command_scores_every_question_of_both_splits(tmp_path):
     results = json.loads(output.read_text())["results"]
     assert sum(values["count"] for values in results["test"].values()) == 20
     assert sum(values["count"] for values in results["training questions"].values()) == 30
+
+
+def test_answer_prior_takes_each_questions_most_frequent_training_answer_else_its_types():
+    from benchmarks.image_ablation import prior_answers
+
+    train = datasets.Dataset.from_dict(
+        {
+            "question": ["how many circles?", "how many circles?", "how many circles?", "is there a red square?"],
+            "answer": ["2", "3", "2", "no"],
+            "question_type": ["counting", "counting", "counting", "existence"],
+        }
+    )
+    rows = [
+        {"question": "how many circles?", "question_type": "counting"},
+        {"question": "how many green triangles?", "question_type": "counting"},  # never asked in training
+        {"question": "is there a red square?", "question_type": "existence"},
+    ]
+    assert prior_answers(train, rows) == ["2", "2", "no"]

@@ -84,13 +84,18 @@ def test_quantized_accuracy_command_on_a_few_test_images(tmp_path):
 
 def test_image_ablation_command_on_a_few_test_images(tmp_path):
     output = tmp_path / "results.json"
-    results = run_benchmark_command("image_ablation", output, "--test_images", "40", "--threads", "1")
+    results = run_benchmark_command(
+        "image_ablation", output, "--test_images", "40", "--prior_images", "400", "--threads", "1"
+    )
     summary = results["summary"]
     assert list(summary) == [
-        "own scene", "another scene", "empty scene", "own scene restyled", "own scene, other renderer"
+        "own scene", "another scene", "empty scene", "own scene restyled", "own scene, other renderer",
+        "answer prior (question alone)",
     ]  # fmt: skip
     own, other = summary["own scene"], summary["another scene"]
     assert all(condition["count"] == 200 for condition in summary.values()) and own["same_answer_as_own_scene"] == 1.0
     # The shipped model counts the objects it sees: another scene's image changes those answers.
     assert other["per_type"]["counting"] < own["per_type"]["counting"] - 0.2
     assert other["same_answer_as_own_scene"] < 1.0
+    # Counting from the question's text alone is right far less often than from the image.
+    assert summary["answer prior (question alone)"]["per_type"]["counting"] < own["per_type"]["counting"] - 0.2
