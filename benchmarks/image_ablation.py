@@ -26,15 +26,10 @@ from PIL import Image
 from benchmarks.lib import numpy_renderer
 from benchmarks.lib.system import machine_info
 from benchmarks.quantized_accuracy import QUESTION_TYPES, default_test_split
+from benchmarks.question_forms import training_questions
 from examples.evaluate_vqa import answer_questions, score
 from modeling_bcqlm import DEFAULT_MODEL, BcQLMForConditionalGeneration, BcQLMProcessor
-from modeling_bcqlm.data.synthetic_shapes import (
-    BACKGROUND_COLOUR,
-    SceneObject,
-    make_synthetic_vqa,
-    random_style,
-    render_scene,
-)
+from modeling_bcqlm.data.synthetic_shapes import BACKGROUND_COLOUR, SceneObject, random_style, render_scene
 
 
 CONDITIONS = ("own scene", "another scene", "empty scene", "own scene restyled", "own scene, other renderer")
@@ -64,19 +59,6 @@ def images_for(condition: str, rows: list[dict], seed: int = 0) -> list[Image.Im
         else:
             redrawn[scene_json] = numpy_renderer.draw_scene(scene, image_size, rng)
     return [redrawn[row["scene"]] for row in rows]
-
-
-def training_questions(model_folder: Path, train_images: int | None = None):
-    """The questions and answers a model of `examples/train_default_model.py` trained on (its first `train_images`)."""
-    arguments = json.loads((model_folder / "training_results.json").read_text())["arguments"]
-    return make_synthetic_vqa(
-        train_images or arguments["train_images"],
-        arguments["seed"],
-        arguments["questions_per_image"],
-        128,
-        split="train",
-        vary_style=arguments.get("vary_style", False),
-    ).remove_columns("image")
 
 
 def prior_answers(train, rows: list[dict]) -> list[str]:

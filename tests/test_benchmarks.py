@@ -759,14 +759,14 @@ def test_answer_prior_takes_each_questions_most_frequent_training_answer_else_it
 
     train = datasets.Dataset.from_dict(
         {
-            "question": ["how many circles?", "how many circles?", "how many circles?", "is there a red square?"],
-            "answer": ["2", "3", "2", "no"],
-            "question_type": ["counting", "counting", "counting", "existence"],
+            "question": ["how many circles?"] * 2 + ["how many squares?"] * 3 + ["is there a red square?"],
+            "answer": ["2", "2", "4", "4", "4", "no"],
+            "question_type": ["counting"] * 5 + ["existence"],
         }
     )
     rows = [
-        {"question": "how many circles?", "question_type": "counting"},
-        {"question": "how many green triangles?", "question_type": "counting"},  # never asked in training
-        {"question": "is there a red square?", "question_type": "existence"},
+        {"question": "how many circles?", "question_type": "counting"},  # its own answer, not its type's "4"
+        {"question": "how many green triangles?", "question_type": "counting"},  # never asked: its type's
+        {"question": "is there a blue circle?", "question_type": "existence"},  # its type's, not the overall "4"
     ]
-    assert prior_answers(train, rows) == ["2", "2", "no"]
+    assert prior_answers(train, rows) == ["2", "4", "no"]
