@@ -8,8 +8,10 @@ anti-aliasing) and drawn by another renderer (`benchmarks/lib/numpy_renderer.py`
 A question type whose accuracy does not fall when the image is replaced is answered from the question alone (the
 answer priors of the training data); one whose accuracy falls when the same scene is drawn otherwise depends on the
 generator's pixels. Reports, per condition, the accuracy overall and per question type and the share of answers that
-stay the same as with the question's own image, and beside them the answer prior: each question answered from its
-text alone with the answer its training questions most often had. Prints a Markdown table.
+stay the same as with the question's own image. Beside them, two answers from the question's text alone, estimated on
+fresh scenes drawn as the test split's (after its own): the answer prior, the answer the same question most often has;
+and the expected accuracy of answering as another such scene would (the answer drawn from the question's answer
+distribution), which is what a model that reads another scene's image perfectly gets. Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -26,14 +28,20 @@ from PIL import Image
 from benchmarks.lib import numpy_renderer
 from benchmarks.lib.system import machine_info
 from benchmarks.quantized_accuracy import QUESTION_TYPES, default_test_split
-from benchmarks.question_forms import training_questions
 from examples.evaluate_vqa import answer_questions, score
 from modeling_bcqlm import DEFAULT_MODEL, BcQLMForConditionalGeneration, BcQLMProcessor
-from modeling_bcqlm.data.synthetic_shapes import BACKGROUND_COLOUR, SceneObject, random_style, render_scene
+from modeling_bcqlm.data.synthetic_shapes import (
+    BACKGROUND_COLOUR,
+    SceneObject,
+    make_synthetic_vqa,
+    random_style,
+    render_scene,
+)
 
 
 CONDITIONS = ("own scene", "another scene", "empty scene", "own scene restyled", "own scene, other renderer")
 PRIOR = "answer prior (question alone)"
+CHANCE = "another scene's own answer (expected)"
 
 
 def images_for(condition: str, rows: list[dict], seed: int = 0) -> list[Image.Image]:
@@ -61,16 +69,52 @@ def images_for(condition: str, rows: list[dict], seed: int = 0) -> list[Image.Im
     return [redrawn[row["scene"]] for row in rows]
 
 
-def prior_answers(train, rows: list[dict]) -> list[str]:
+def reference_questions(model_folder: Path, num_images: int):
     """
-    Each row's answer from its question alone: the answer most often given to the same question text in `train`, or
-    for a question never asked there (one naming a held-out combination) the most frequent answer of its type.
+    The questions of `num_images` scenes drawn as the checkpoint's test split, after the split's own scenes (so none
+    of them is a test scene): the questions a test question's answer prior is estimated on.
+    """
+    arguments = json.loads((model_folder / "training_results.json").read_text())["arguments"]
+    drawn = make_synthetic_vqa(
+        arguments["test_images"] + num_images, arguments["seed"], arguments["questions_per_image"], 128, split="test"
+    )
+    return drawn.select(range(len(default_test_split(model_folder)), len(drawn)))
+
+
+def answer_counts(reference, rows: list[dict]) -> list[collections.Counter]:
+    """
+    Each row's answers in `reference` to the same question text, or for a question never asked there the answers of
+    its type.
     """
     by_question, by_type = collections.defaultdict(collections.Counter), collections.defaultdict(collections.Counter)
-    for question, answer, question_type in zip(train["question"], train["answer"], train["question_type"]):
+    for question, answer, question_type in zip(reference["question"], reference["answer"], reference["question_type"]):
         by_question[question][answer] += 1
         by_type[question_type][answer] += 1
-    return [(by_question.get(row["question"]) or by_type[row["question_type"]]).most_common(1)[0][0] for row in rows]
+    return [by_question.get(row["question"]) or by_type[row["question_type"]] for row in rows]
+
+
+def prior_answers(reference, rows: list[dict]) -> list[str]:
+    """Each row's answer from its question alone: the answer most often given to it in `reference`."""
+    return [counts.most_common(1)[0][0] for counts in answer_counts(reference, rows)]
+
+
+def expected_chance_agreement(reference, rows: list[dict], own_answers: list[str]) -> dict:
+    """
+    `summarise` of each row answered with an answer drawn from its answers in `reference`, in expectation: the share
+    of them equal to its true answer and to `own_answers`.
+    """
+    outcomes = collections.defaultdict(list)
+    same = []
+    for row, counts, own in zip(rows, answer_counts(reference, rows), own_answers):
+        total = sum(counts.values())
+        outcomes[row["question_type"]].append(counts[row["answer"]] / total)
+        same.append(counts[own] / total)
+    return {
+        "count": len(rows),
+        "accuracy": sum(map(sum, outcomes.values())) / len(rows),
+        "per_type": {name: sum(values) / len(values) for name, values in outcomes.items()},
+        "same_answer_as_own_scene": sum(same) / len(rows),
+    }
 
 
 def summarise(rows: list[dict], answers: list[str], own_answers: list[str]) -> dict:
@@ -97,7 +141,8 @@ def main(argv: list[str] | None = None) -> dict:
         "--prior_images",
         type=int,
         default=None,
-        help="the answer prior from the first images of the model's training split (default: all of them)",
+        help="scenes drawn as the test split's to estimate the answers from the question alone on (default: as many as "
+        "the model's training images)",
     )
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
@@ -122,8 +167,10 @@ def main(argv: list[str] | None = None) -> dict:
             ]
             answers[condition] += answer_questions(model, processor, batch, max_new_tokens=4)
         summary[condition] = summarise(rows, answers[condition], answers["own scene"])
-    prior = prior_answers(training_questions(model_folder, args.prior_images), rows)
-    summary[PRIOR] = summarise(rows, prior, answers["own scene"])
+    arguments = json.loads((model_folder / "training_results.json").read_text())["arguments"]
+    reference = reference_questions(model_folder, args.prior_images or arguments["train_images"])
+    summary[PRIOR] = summarise(rows, prior_answers(reference, rows), answers["own scene"])
+    summary[CHANCE] = expected_chance_agreement(reference, rows, answers["own scene"])
 
     header = ["image", "accuracy", *QUESTION_TYPES, "same answer as with its own image"]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]

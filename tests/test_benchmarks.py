@@ -754,19 +754,48 @@ def test_question_forms_command_scores_every_question_of_both_splits(tmp_path):
     assert sum(values["count"] for values in results["training questions"].values()) == 30
 
 
-def test_answer_prior_takes_each_questions_most_frequent_training_answer_else_its_types():
+REFERENCE_QUESTIONS = {
+    "question": ["how many circles?"] * 3 + ["how many squares?"] * 4 + ["is there a red square?"],
+    "answer": ["2", "2", "3", "4", "4", "4", "5", "no"],
+    "question_type": ["counting"] * 7 + ["existence"],
+}
+
+
+def test_answer_prior_takes_each_questions_most_frequent_answer_else_its_types():
     from benchmarks.image_ablation import prior_answers
 
-    train = datasets.Dataset.from_dict(
-        {
-            "question": ["how many circles?"] * 2 + ["how many squares?"] * 3 + ["is there a red square?"],
-            "answer": ["2", "2", "4", "4", "4", "no"],
-            "question_type": ["counting"] * 5 + ["existence"],
-        }
-    )
     rows = [
         {"question": "how many circles?", "question_type": "counting"},  # its own answer, not its type's "4"
         {"question": "how many green triangles?", "question_type": "counting"},  # never asked: its type's
         {"question": "is there a blue circle?", "question_type": "existence"},  # its type's, not the overall "4"
     ]
-    assert prior_answers(train, rows) == ["2", "4", "no"]
+    assert prior_answers(datasets.Dataset.from_dict(REFERENCE_QUESTIONS), rows) == ["2", "4", "no"]
+
+
+def test_expected_chance_agreement_is_the_share_of_each_questions_answers_equal_to_its_truth():
+    from benchmarks.image_ablation import expected_chance_agreement
+
+    rows = [
+        {"question": "how many circles?", "question_type": "counting", "answer": "3"},  # 1 of its 3 answers
+        {"question": "how many squares?", "question_type": "counting", "answer": "4"},  # 3 of 4
+        {"question": "how many green triangles?", "question_type": "counting", "answer": "2"},  # 2 of its type's 7
+        {"question": "is there a red square?", "question_type": "existence", "answer": "yes"},  # 0 of 1
+    ]
+    reference = datasets.Dataset.from_dict(REFERENCE_QUESTIONS)
+    result = expected_chance_agreement(reference, rows, own_answers=["2", "5", "2", "no"])
+    assert result["per_type"] == pytest.approx({"counting": (1 / 3 + 3 / 4 + 2 / 7) / 3, "existence": 0.0})
+    assert result["accuracy"] == pytest.approx((1 / 3 + 3 / 4 + 2 / 7) / 4)
+    assert result["same_answer_as_own_scene"] == pytest.approx((2 / 3 + 1 / 4 + 2 / 7 + 1) / 4)
+
+
+def test_reference_questions_come_from_scenes_drawn_as_the_test_split_but_none_of_its_own(tmp_path):
+    from benchmarks.image_ablation import reference_questions
+    from benchmarks.quantized_accuracy import default_test_split
+
+    arguments = {"test_images": 3, "seed": 0, "questions_per_image": 5, "train_images": 10}
+    (tmp_path / "training_results.json").write_text(json.dumps({"arguments": arguments}))
+    test, reference = default_test_split(tmp_path), reference_questions(tmp_path, 4)
+    assert not set(test["scene"]) & set(reference["scene"])
+    assert len(set(reference["scene"])) == 4
+    assert {question_id.split("-")[3] for question_id in reference["question_id"]} == {"3", "4", "5", "6"}
+    assert all(question_id.startswith("synthetic-test-") for question_id in reference["question_id"])

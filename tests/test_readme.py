@@ -90,7 +90,7 @@ def test_image_ablation_command_on_a_few_test_images(tmp_path):
     summary = results["summary"]
     assert list(summary) == [
         "own scene", "another scene", "empty scene", "own scene restyled", "own scene, other renderer",
-        "answer prior (question alone)",
+        "answer prior (question alone)", "another scene's own answer (expected)",
     ]  # fmt: skip
     own, other = summary["own scene"], summary["another scene"]
     assert all(condition["count"] == 200 for condition in summary.values()) and own["same_answer_as_own_scene"] == 1.0
@@ -99,3 +99,4 @@ def test_image_ablation_command_on_a_few_test_images(tmp_path):
     assert other["same_answer_as_own_scene"] < 1.0
     # Counting from the question's text alone is right far less often than from the image.
     assert summary["answer prior (question alone)"]["per_type"]["counting"] < own["per_type"]["counting"] - 0.2
+    assert summary["another scene's own answer (expected)"]["per_type"]["counting"] < own["per_type"]["counting"] - 0.2
