@@ -36,6 +36,7 @@ from modeling_bcqlm.training import (
     BreezeCLIPForDistillation,
     precompute_teacher_embeddings,
 )
+from modeling_bcqlm.training.launch import run_script
 
 
 logger = logging.getLogger(__name__)
@@ -216,4 +217,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_script(main, sys.argv[1:])

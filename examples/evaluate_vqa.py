@@ -34,6 +34,7 @@ from modeling_bcqlm import BcQLMForConditionalGeneration, BcQLMProcessor
 from modeling_bcqlm.data.loaders import load_vqa_dataset
 from modeling_bcqlm.engines.onnx_model import BcQLMOnnxForConditionalGeneration, is_onnx_folder
 from modeling_bcqlm.evaluation import vqa_accuracy
+from modeling_bcqlm.training.launch import run_script
 
 
 logger = logging.getLogger(__name__)
@@ -220,10 +221,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    finally:
-        # Under `accelerate launch`, leave the process group before exiting: a gloo group left to the interpreter's
-        # exit now and then aborts the process ("terminate called without an active exception").
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    run_script(main, sys.argv[1:])

@@ -31,6 +31,7 @@ from modeling_bcqlm.training import (
     freeze_for_stage2,
     precompute_vision_features,
 )
+from modeling_bcqlm.training.launch import run_script
 
 
 logger = logging.getLogger(__name__)
@@ -176,4 +177,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_script(main, sys.argv[1:])

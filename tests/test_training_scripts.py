@@ -274,6 +274,28 @@ def launch_two_processes(script: str, *args: str, cwd: Path) -> None:
     assert completed.returncode == 0, completed.stderr[-4000:]
 
 
+@pytest.mark.parametrize("fails", [False, True])
+def test_run_script_leaves_the_process_group_the_launch_made(tmp_path, fails):
+    from modeling_bcqlm.training.launch import run_script
+
+    def main(argv):
+        assert torch.distributed.is_initialized() and argv == ["--flag"]
+        if fails:
+            raise ValueError("bad argument")
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        if fails:
+            with pytest.raises(ValueError, match="bad argument"):
+                run_script(main, ["--flag"])
+        else:
+            run_script(main, ["--flag"])
+        assert not torch.distributed.is_initialized()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
 def test_scripts_under_accelerate_launch_with_two_processes(tmp_path, data, bcqlm_folder):
     output_dir = tmp_path / "ddp"
     launch_two_processes(
