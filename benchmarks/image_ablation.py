@@ -69,12 +69,14 @@ def images_for(condition: str, rows: list[dict], seed: int = 0) -> list[Image.Im
     return [redrawn[row["scene"]] for row in rows]
 
 
-def reference_questions(model_folder: Path, num_images: int):
+def reference_questions(model_folder: Path, num_images: int | None = None):
     """
-    The questions of `num_images` scenes drawn as the checkpoint's test split, after the split's own scenes (so none
-    of them is a test scene): the questions a test question's answer prior is estimated on.
+    The questions of `num_images` scenes (default: as many as the checkpoint's training images) drawn as its test
+    split, after the split's own scenes (so none of them is a test scene): what the answers from the question alone are
+    estimated on.
     """
     arguments = json.loads((model_folder / "training_results.json").read_text())["arguments"]
+    num_images = num_images or arguments["train_images"]
     drawn = make_synthetic_vqa(
         arguments["test_images"] + num_images, arguments["seed"], arguments["questions_per_image"], 128, split="test"
     )
@@ -167,8 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
             ]
             answers[condition] += answer_questions(model, processor, batch, max_new_tokens=4)
         summary[condition] = summarise(rows, answers[condition], answers["own scene"])
-    arguments = json.loads((model_folder / "training_results.json").read_text())["arguments"]
-    reference = reference_questions(model_folder, args.prior_images or arguments["train_images"])
+    reference = reference_questions(model_folder, args.prior_images)
     summary[PRIOR] = summarise(rows, prior_answers(reference, rows), answers["own scene"])
     summary[CHANCE] = expected_chance_agreement(reference, rows, answers["own scene"])
 

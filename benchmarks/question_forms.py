@@ -69,14 +69,11 @@ def accuracy_by_form(rows: list[dict], answers: list[str]) -> dict[str, dict]:
     }
 
 
-def training_questions(model_folder: Path, num_images: int | None = None):
-    """
-    The questions of the checkpoint's stage-2 training data, of its first `num_images` images (a prefix of the rows;
-    default: all of them).
-    """
+def training_questions(model_folder: Path, num_images: int):
+    """The first questions of the checkpoint's stage-2 training data (fewer images give a prefix of the rows)."""
     arguments = json.loads((model_folder / "training_results.json").read_text())["arguments"]
     return make_synthetic_vqa(
-        num_images or arguments["train_images"],
+        num_images,
         arguments["seed"],
         arguments["questions_per_image"],
         128,
