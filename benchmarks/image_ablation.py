@@ -85,14 +85,15 @@ def reference_questions(model_folder: Path, num_images: int | None = None):
 
 def answer_counts(reference, rows: list[dict]) -> list[collections.Counter]:
     """
-    Each row's answers in `reference` to the same question text, or for a question never asked there the answers of
-    its type.
+    Each row's answers in `reference` to the same question text; for a question never asked there the answers of its
+    type, and for a type never asked there (a small `--prior_images`) all the answers.
     """
     by_question, by_type = collections.defaultdict(collections.Counter), collections.defaultdict(collections.Counter)
     for question, answer, question_type in zip(reference["question"], reference["answer"], reference["question_type"]):
         by_question[question][answer] += 1
         by_type[question_type][answer] += 1
-    return [by_question.get(row["question"]) or by_type[row["question_type"]] for row in rows]
+    overall = sum(by_type.values(), collections.Counter())
+    return [by_question.get(row["question"]) or by_type.get(row["question_type"]) or overall for row in rows]
 
 
 def prior_answers(reference, rows: list[dict]) -> list[str]:

@@ -761,15 +761,16 @@ REFERENCE_QUESTIONS = {
 }
 
 
-def test_answer_prior_takes_each_questions_most_frequent_answer_else_its_types():
+def test_answer_prior_takes_each_questions_most_frequent_answer_else_its_types_else_all():
     from benchmarks.image_ablation import prior_answers
 
     rows = [
         {"question": "how many circles?", "question_type": "counting"},  # its own answer, not its type's "4"
         {"question": "how many green triangles?", "question_type": "counting"},  # never asked: its type's
         {"question": "is there a blue circle?", "question_type": "existence"},  # its type's, not the overall "4"
+        {"question": "is the circle left of the square?", "question_type": "spatial"},  # type never asked: all's "4"
     ]
-    assert prior_answers(datasets.Dataset.from_dict(REFERENCE_QUESTIONS), rows) == ["2", "4", "no"]
+    assert prior_answers(datasets.Dataset.from_dict(REFERENCE_QUESTIONS), rows) == ["2", "4", "no", "4"]
 
 
 def test_expected_chance_agreement_is_the_share_of_each_questions_answers_equal_to_its_truth():
