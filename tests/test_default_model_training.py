@@ -44,6 +44,7 @@ def test_quick_run_trains_every_stage_and_saves_a_loadable_model(tmp_path):
     assert 0.0 <= test["accuracy"] <= 1.0 and set(test["per_type"]) <= {
         "attribute", "existence", "counting", "spatial", "comparison"
     }  # fmt: skip
+    assert summary["targets"]["overall"] == {"value": test["accuracy"], "target": 0.90, "met": test["accuracy"] >= 0.90}
     model = AutoModel.from_pretrained(tmp_path / "model")
     assert isinstance(model, BcQLMForConditionalGeneration)
     # Hub-ready, with real code files outside the package (links only where the folder is `DEFAULT_MODEL`).
@@ -55,6 +56,24 @@ def test_quick_run_trains_every_stage_and_saves_a_loadable_model(tmp_path):
     ]  # fmt: skip
     processor = AutoProcessor.from_pretrained(tmp_path / "model")
     assert processor.image_processor.crop_size["height"] == model.config.breezeclip_config.vision_config.image_size
+
+
+def test_check_targets_says_which_targets_a_run_met_and_missed():
+    from examples.train_default_model import TARGETS, check_targets
+
+    per_type = {"attribute": 0.99, "existence": 0.99, "counting": 0.95, "spatial": 0.86, "comparison": 0.75}
+    results = {
+        "test": {"accuracy": 0.91, "per_type": {name: {"accuracy": value} for name, value in per_type.items()}},
+        "test_held_out": {"accuracy": 0.89},
+        "test_seen": {"accuracy": 0.93},
+    }
+    checks = check_targets(results)
+    assert set(checks) == set(TARGETS)
+    assert {name for name, check in checks.items() if not check["met"]} == {"comparison", "held-out gap"}
+    assert checks["counting"]["met"]  # a target reached exactly is met
+    assert checks["held-out gap"]["value"] == pytest.approx(0.04)
+    del results["test"]["per_type"]["spatial"]  # a type the split did not ask is not met
+    assert not check_targets(results)["spatial"]["met"]
 
 
 def test_order_by_image_shuffles_images_and_keeps_their_questions_together():
