@@ -749,9 +749,54 @@ def test_question_forms_command_scores_every_question_of_both_splits(tmp_path):
 
     output = tmp_path / "forms.json"
     main(["--test_images", "4", "--training_images", "6", "--threads", "1", "--output", str(output)])
-    results = json.loads(output.read_text())["results"]
+    written = json.loads(output.read_text())
+    results = written["results"]
     assert sum(values["count"] for values in results["test"].values()) == 20
     assert sum(values["count"] for values in results["training questions"].values()) == 30
+    comparisons = {
+        key.removeprefix("comparison: "): values["count"]
+        for key, values in results["test"].items()
+        if key.startswith("comparison: ")
+    }
+    assert comparisons  # the 4 test images ask comparisons
+    assert {form: values["count"] for form, values in written["comparisons read apart"].items()} == comparisons
+
+
+def test_comparisons_read_apart_ask_each_objects_compared_attribute_and_compare_the_reads():
+    from benchmarks.question_forms import read_apart_accuracy, read_apart_questions
+
+    scene = json.dumps([
+        {"shape": "circle", "colour": "green", "size": "small"},
+        {"shape": "square", "colour": "green", "size": "large"},
+        {"shape": "square", "colour": "red", "size": "small"},
+    ])  # fmt: skip
+    rows = [
+        {"question": "are the circle and the large square the same colour?", "answer": "yes", "image": 0},
+        {"question": "is the red object smaller than the green square?", "answer": "yes", "image": 1},
+    ]
+    rows = [row | {"scene": scene} for row in rows]
+    assert [(question["image"], question["question"]) for question in read_apart_questions(rows)] == [
+        (0, "what colour is the circle?"), (0, "what colour is the large square?"),
+        (1, "what size is the red object?"), (1, "what size is the green square?"),
+    ]  # fmt: skip
+    # Reads both colours right but answers "no"; misreads the red square's size, and the reads then say "no".
+    results = read_apart_accuracy(rows, ["no", "yes"], ["green", "green", "large", "large"])
+    assert results["same colour"] == {
+        "count": 1, "answered": 0.0, "both read": 1.0, "made from reads": 1.0, "answered, both read": 0.0
+    }  # fmt: skip
+    assert results["smaller"] == {"count": 1, "answered": 1.0, "both read": 0.0, "made from reads": 0.0}
+
+    rows = [row for row in make_synthetic_vqa(60, 3, 5, 128, split="train") if row["question_type"] == "comparison"]
+    truths = []  # each object's true compared attribute: its one object in the scene
+    for row, question in zip([row for row in rows for _ in range(2)], read_apart_questions(rows)):
+        name = question["question"].split(" the ", 1)[1][:-1]
+        attribute = question["question"].split()[1]
+        words = set(name.split()) - {"object", "shape"}
+        [obj] = [obj for obj in json.loads(row["scene"]) if words <= {obj["size"], obj["colour"], obj["shape"]}]
+        truths.append(obj[attribute])
+    results = read_apart_accuracy(rows, [row["answer"] for row in rows], truths)
+    assert len(results) == 5 and sum(values["count"] for values in results.values()) == len(rows)
+    assert all(values["both read"] == values["made from reads"] == 1.0 for values in results.values())
 
 
 REFERENCE_QUESTIONS = {
