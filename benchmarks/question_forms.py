@@ -32,7 +32,7 @@ from modeling_bcqlm.data.synthetic_shapes import (
     COMPARED_ATTRIBUTES,
     COMPARISON_TEMPLATES,
     SPATIAL_TEMPLATES,
-    _compare,
+    comparison_holds,
     make_synthetic_vqa,
 )
 
@@ -120,7 +120,7 @@ def read_apart_accuracy(rows: list[dict], answers: list[str], reads: list[str]) 
         both_read = all(
             value in {obj[attribute] for obj in scene if _refers_to(name, obj)} for name, value in zip(objects, read)
         )
-        made = _compare(form, *(SimpleNamespace(**{attribute: value}) for value in read))
+        made = comparison_holds(form, *(SimpleNamespace(**{attribute: value}) for value in read))
         outcomes[form]["answered"].append(answer == row["answer"])
         outcomes[form]["both read"].append(both_read)
         outcomes[form]["made from reads"].append(("yes" if made else "no") == row["answer"])

@@ -676,7 +676,8 @@ def _spatial_question(scene, descriptions, rng):
     return question, getattr(related, attribute)
 
 
-def _compare(comparison, first, second):
+def comparison_holds(comparison: str, first, second) -> bool:
+    """Whether `comparison` ("larger", "same colour", ...) holds between two objects (or their compared values)."""
     if comparison == "larger":
         return first.size == "large" and second.size == "small"
     if comparison == "smaller":
@@ -692,7 +693,8 @@ def _comparison_question(scene, descriptions, rng):
         for first, second in itertools.permutations(scene, 2):
             first_descriptions = _without(descriptions[first], attribute)
             second_descriptions = _without(descriptions[second], attribute)
-            if first_descriptions and second_descriptions and _compare(comparison, first, second) == (answer == "yes"):
+            holds = comparison_holds(comparison, first, second)
+            if first_descriptions and second_descriptions and holds == (answer == "yes"):
                 candidates.setdefault(comparison, []).append((first_descriptions, second_descriptions))
     if not candidates:
         return None
