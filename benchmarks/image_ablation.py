@@ -76,7 +76,7 @@ def reference_questions(model_folder: Path, num_images: int | None = None):
     estimated on.
     """
     arguments = json.loads((model_folder / "training_results.json").read_text())["arguments"]
-    num_images = num_images or arguments["train_images"]
+    num_images = arguments["train_images"] if num_images is None else num_images
     drawn = make_synthetic_vqa(
         arguments["test_images"] + num_images, arguments["seed"], arguments["questions_per_image"], 128, split="test"
     )
@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
+    if args.prior_images is not None and args.prior_images < 1:
+        parser.error(f"--prior_images must be at least 1, got {args.prior_images}.")
     torch.set_num_threads(args.threads)
 
     model_folder = Path(args.model)

@@ -31,6 +31,7 @@ from modeling_bcqlm.data.synthetic_shapes import (
     ATTRIBUTE_TEMPLATES,
     COMPARED_ATTRIBUTES,
     COMPARISON_TEMPLATES,
+    NOUNS,
     SPATIAL_TEMPLATES,
     comparison_holds,
     make_synthetic_vqa,
@@ -41,16 +42,13 @@ TEMPLATE_FAMILIES = {"attribute": ATTRIBUTE_TEMPLATES, "spatial": SPATIAL_TEMPLA
 
 
 def _pattern(template: str) -> re.Pattern:
-    return re.compile(re.sub(r"\\\{\w+\\\}", ".+", re.escape(template)))
+    """The template's questions, each of its placeholders a group."""
+    return re.compile(re.sub(r"\\\{\w+\\\}", "(.+)", re.escape(template)))
 
 
 FORM_PATTERNS = {
     question_type: {form: [_pattern(template) for template in templates] for form, templates in families.items()}
     for question_type, families in TEMPLATE_FAMILIES.items()
-}
-COMPARISON_PARTS = {
-    form: [re.compile(re.sub(r"\\\{(first|second)\\\}", "(.+)", re.escape(template))) for template in templates]
-    for form, templates in COMPARISON_TEMPLATES.items()
 }
 
 
@@ -81,11 +79,9 @@ def accuracy_by_form(rows: list[dict], answers: list[str]) -> dict[str, dict]:
 
 def comparison_parts(question: str) -> tuple[str, str, str]:
     """The form of a generated comparison question and its two objects: ("same colour", "circle", "large square")."""
-    for form, patterns in COMPARISON_PARTS.items():
-        for pattern in patterns:
-            if match := pattern.fullmatch(question):
-                return form, match.group(1), match.group(2)
-    raise ValueError(f"{question!r} follows none of the generator's comparison templates.")
+    form = question_form("comparison", question)
+    match = next(filter(None, (pattern.fullmatch(question) for pattern in FORM_PATTERNS["comparison"][form])))
+    return form, *match.groups()
 
 
 def read_apart_questions(rows: list[dict]) -> list[dict]:
@@ -103,7 +99,7 @@ def read_apart_questions(rows: list[dict]) -> list[dict]:
 
 def _refers_to(name: str, obj: dict) -> bool:
     """Whether an object description ("large square", "red object") fits a scene object."""
-    return set(name.split()) - {"object", "shape"} <= {obj["size"], obj["colour"], obj["shape"]}
+    return set(name.split()) - set(NOUNS) <= {obj["size"], obj["colour"], obj["shape"]}
 
 
 def read_apart_accuracy(rows: list[dict], answers: list[str], reads: list[str]) -> dict[str, dict]:

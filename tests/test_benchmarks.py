@@ -818,6 +818,14 @@ def test_answer_prior_takes_each_questions_most_frequent_answer_else_its_types_e
     assert prior_answers(datasets.Dataset.from_dict(REFERENCE_QUESTIONS), rows) == ["2", "4", "no", "4"]
 
 
+def test_image_ablation_refuses_an_empty_prior_sample(capsys):
+    from benchmarks.image_ablation import main
+
+    with pytest.raises(SystemExit):
+        main(["--prior_images", "0"])
+    assert "--prior_images must be at least 1, got 0" in capsys.readouterr().err
+
+
 def test_expected_chance_agreement_is_the_share_of_each_questions_answers_equal_to_its_truth():
     from benchmarks.image_ablation import expected_chance_agreement
 
